@@ -1,0 +1,185 @@
+"""Mixture-of-Experts layer: fp32 softmax top-k router, dropless sorted dispatch,
+and pluggable expert kernels (a per-expert loop reference and grouped GEMM).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from parametrization import Parametrization, Role, role_param
+
+from .config import ModelConfig
+from .layers import SwiGLU
+
+
+# ---- expert kernels ------------------------------------------------------------------
+# Each takes tokens sorted by expert, x (n, d), the per-expert counts (E,), and the
+# stacked weights w_in (E, d, 2*de), w_out (E, de, d); it returns (n, d).
+
+def loop_experts(x: torch.Tensor, counts: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+    """Reference: one matmul pair per expert over its contiguous slice of tokens."""
+    outs, start = [], 0
+    for e, n in enumerate(counts.tolist()):
+        xe = x[start:start + n]
+        gate, up = (xe @ w_in[e]).chunk(2, dim=-1)
+        outs.append((F.silu(gate) * up) @ w_out[e])
+        start += n
+    return torch.cat(outs, dim=0)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous (grouped_mm needs it)."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: D401
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.contiguous()
+
+
+def _grouped_mm_fn() -> Callable | None:
+    fn = getattr(F, "grouped_mm", None)  # public since torch 2.12
+    return fn if fn is not None else getattr(torch, "_grouped_mm", None)  # torch 2.8-2.11
+
+
+def grouped_mm_experts(x: torch.Tensor, counts: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+    """All experts in two grouped GEMMs over the sorted tokens (no per-expert Python loop)."""
+    gmm = _grouped_mm_fn()
+    offs = counts.cumsum(0).to(torch.int32)
+    h = _ContiguousGrad.apply(gmm(x.contiguous(), w_in, offs=offs))  # (n, 2*de)
+    gate, up = h.chunk(2, dim=-1)
+    a = (F.silu(gate) * up).contiguous()
+    return _ContiguousGrad.apply(gmm(a, w_out, offs=offs))  # (n, d)
+
+
+def _check_grouped_mm(d_model: int, d_expert: int) -> None:
+    if _grouped_mm_fn() is None:
+        raise RuntimeError("expert backend 'grouped_mm' needs torch >= 2.8 (torch._grouped_mm); use 'loop'")
+    # Grouped GEMM kernels need 16-byte aligned row strides: 8 elements in bf16.
+    for name, v in (("model.d_model", d_model), ("model.moe.d_expert (or d_ff)", d_expert)):
+        if v % 8:
+            raise ValueError(f"expert backend 'grouped_mm' needs {name}={v} to be a multiple of 8; "
+                             "change it or use hardware.expert_backend=loop")
+
+
+EXPERT_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
+    "loop": loop_experts,
+    "grouped_mm": grouped_mm_experts,
+}
+_BACKEND_CHECKS = {"grouped_mm": _check_grouped_mm}
+
+
+def get_expert_backend(name: str, d_model: int, d_expert: int) -> Callable[..., torch.Tensor]:
+    if name not in EXPERT_BACKENDS:
+        raise ValueError(f"expert backend '{name}' is unknown; valid: {', '.join(EXPERT_BACKENDS)}")
+    if name in _BACKEND_CHECKS:
+        _BACKEND_CHECKS[name](d_model, d_expert)
+    return EXPERT_BACKENDS[name]
+
+
+# ---- router ----------------------------------------------------------------------------
+
+@dataclass
+class Routing:
+    expert_idx: torch.Tensor   # (n, k) chosen experts per token
+    weights: torch.Tensor      # (n, k) gate weights, fp32, sum to 1 per token
+    probs: torch.Tensor        # (n, E) softmax router probabilities, fp32
+    logits: torch.Tensor       # (n, E) router logits, fp32
+
+
+class Router(nn.Module):
+    """Softmax top-k router in fp32.
+
+    Balance by a Switch-style auxiliary loss (Fedus et al., arXiv 2101.03961) or by the
+    auxiliary-loss-free bias of DeepSeek-V3 (arXiv 2412.19437): a per-expert bias that
+    only affects *which* experts are chosen, nudged towards balance after each step.
+    """
+
+    def __init__(self, cfg: ModelConfig, param: Parametrization):
+        super().__init__()
+        self.num_experts, self.top_k = cfg.moe.num_experts, cfg.moe.top_k
+        self.weight = role_param(torch.empty(self.num_experts, cfg.d_model), Role.ROUTER)
+        self.mult = param.router_mult
+        self.aux_free = cfg.moe.balance == "aux_free"
+        self.register_buffer("bias", torch.zeros(self.num_experts))  # persistent: part of the state
+
+    def forward(self, x: torch.Tensor) -> Routing:
+        logits = F.linear(x.float(), self.weight.float()) * self.mult  # (n, E)
+        probs = logits.softmax(dim=-1)
+        scores = probs + self.bias if self.aux_free else probs
+        _, idx = scores.topk(self.top_k, dim=-1)
+        w = probs.gather(-1, idx)
+        return Routing(idx, w / w.sum(-1, keepdim=True), probs, logits)
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: ModelConfig, param: Parametrization, backend: str):
+        super().__init__()
+        m, d, de = cfg.moe, cfg.d_model, cfg.expert_width
+        self.num_experts, self.top_k = m.num_experts, m.top_k
+        self.aux_loss_coef, self.z_loss_coef = m.aux_loss_coef, m.z_loss_coef
+        self.bias_update_rate = m.bias_update_rate
+        self.router = Router(cfg, param)
+        self.w_in = role_param(torch.empty(m.num_experts, d, 2 * de), Role.EXPERT_IN)
+        self.w_out = role_param(torch.empty(m.num_experts, de, d), Role.EXPERT_OUT)
+        self.shared = SwiGLU(d, de) if m.shared_expert else None
+        self.backend_name = backend
+        self.experts = get_expert_backend(backend, d, de)
+        self.stats: dict[str, torch.Tensor] = {}
+        self.register_buffer("load", torch.zeros(m.num_experts), persistent=False)  # since last bias update
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, T, d) -> (output (B, T, d), weighted auxiliary loss scalar)."""
+        B, T, d = x.shape
+        flat = x.reshape(-1, d)                                   # (n, d)
+        r = self.router(flat)
+        n, k, E = flat.shape[0], self.top_k, self.num_experts
+
+        # Dropless dispatch: sort the n*k (token, expert) assignments by expert.
+        expert_of = r.expert_idx.reshape(-1)                      # (n*k,)
+        order = expert_of.argsort(stable=True)
+        token_of = order // k                                      # source token of each sorted row
+        counts = torch.bincount(expert_of, minlength=E)            # (E,)
+        y_sorted = self.experts(flat[token_of], counts, self.w_in, self.w_out)  # (n*k, d)
+        gates = r.weights.reshape(-1)[order].unsqueeze(-1).to(y_sorted.dtype)
+        out = torch.zeros_like(flat).index_add_(0, token_of, y_sorted * gates)
+        if self.shared is not None:
+            out = out + self.shared(flat)
+
+        aux = self._aux_losses(r, counts, n)
+        return out.view(B, T, d), aux
+
+    def _aux_losses(self, r: Routing, counts: torch.Tensor, n: int) -> torch.Tensor:
+        E, k = self.num_experts, self.top_k
+        frac_tokens = counts.float() / (n * k)                  # f_e: share of assignments
+        mean_prob = r.probs.mean(0)                               # P_e
+        lb = E * (frac_tokens * mean_prob).sum()                  # Switch: = 1 when balanced
+        z = torch.logsumexp(r.logits, dim=-1).pow(2).mean()      # ST-MoE z-loss
+        with torch.no_grad():
+            ent = -(r.probs * r.probs.clamp_min(1e-12).log()).sum(-1).mean()
+            if self.training:  # evaluation must not move the balancing bias
+                self.load += counts.float()
+            self.stats = {
+                "tokens_per_expert": counts.detach(),
+                "imbalance": counts.max().float() / counts.float().mean(),
+                "load_balance_loss": lb.detach(),
+                "router_z": z.detach(),
+                "router_entropy": ent,
+            }
+        aux = self.z_loss_coef * z
+        if not self.router.aux_free:
+            aux = aux + self.aux_loss_coef * lb
+        return aux
+
+    @torch.no_grad()
+    def update_router_bias(self) -> None:
+        """DeepSeek-V3 balancing: raise the bias of under-loaded experts, lower over-loaded ones."""
+        if self.router.aux_free and self.load.sum() > 0:
+            self.router.bias += self.bias_update_rate * torch.sign(self.load.mean() - self.load)
+        self.load.zero_()

@@ -1,0 +1,59 @@
+"""Maximal-update parametrization (muP) for Adam, width rules of PAPER.md Sec. 3.
+
+Source: Yang et al. 2022, "Tensor Programs V" (arXiv 2203.03466), Table 3, and the
+`mup` library's conventions (MuReadout output multiplier, MuAdam LR scaling).
+At width multiplier m = 1 every number equals the standard parametrization's.
+"""
+from __future__ import annotations
+
+import math
+
+from .base import ParamSpec, Role
+from .config import ParametrizationConfig
+from .standard import StandardParametrization
+
+
+class MuParametrization(StandardParametrization):
+    name = "mup"
+
+    def __init__(self, cfg: ParametrizationConfig, n_layers: int, d_model: int, d_head: int):
+        super().__init__(cfg, n_layers, d_model, d_head)
+        if cfg.base_d_model <= 0:
+            raise ValueError("parametrization.base_d_model must be positive for muP")
+        self.m = d_model / cfg.base_d_model
+        self.base_d_head = cfg.base_d_head or d_head
+
+    @property
+    def output_mult(self) -> float:  # type: ignore[override]
+        # TP-V Table 3: readout logits x 1/m (mup's MuReadout: output_mult / width_mult).
+        return 1.0 / self.m
+
+    @property
+    def router_mult(self) -> float:  # type: ignore[override]
+        # The router maps width -> E experts (finite): output-like, logits x 1/m
+        # (muP for MoE, arXiv 2508.09752, treats width this way).
+        return 1.0 / self.m
+
+    def attn_scale(self, d_head: int) -> float:
+        # TP-V Sec. 4: 1/d attention; times sqrt(base_d_head) so muP == SP at base width.
+        return math.sqrt(self.base_d_head) / d_head
+
+    def spec(self, role: Role, shape: tuple[int, ...]) -> ParamSpec:
+        base = super().spec(role, shape)
+        if not role.is_hidden:
+            # Embedding, norms, router and unembedding: width-independent init and LR
+            # (TP-V Table 3, "input weights & all biases" and "output weights" with
+            # the 1/m multiplier moved into the forward pass).
+            return base
+        m = self.m
+        return ParamSpec(
+            init_std=base.init_std / math.sqrt(m),   # TP-V Table 3: hidden init var 1/fan_in
+            lr_mult=base.lr_mult / m,                # TP-V Table 3: Adam LR 1/fan_in
+            wd_mult=base.wd_mult,
+            eps_mult=base.eps_mult / m,              # Adam eps x 1/m (Megatron-Core muP; CompleteP, arXiv 2505.01618)
+        )
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d.update(width_mult=self.m, base_d_model=self.cfg.base_d_model, base_d_head=self.base_d_head)
+        return d
