@@ -1,0 +1,165 @@
+"""Train one dense or MoE transformer; the Hydra entry point.
+
+    python train.py                                  # tiny MoE on the embedded corpus, CPU
+    python train.py model=dense_tiny optim.lr=1e-3   # any field can be overridden
+    python train.py +experiment=fit_grid             # the Fitting paradigm's LR grid + fit
+
+Reads top to bottom: compose config -> data -> model -> optimizer -> loop. Everything
+heavier lives in `training/` as named functions.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from data import TokenLoader, build_corpus, val_batches
+from models import Transformer
+from optim import GroupLR, build_optimizer, build_schedule, wsd, wsd_decay_steps
+from parametrization import build_parametrization, format_param_table, init_weights, param_table
+from training import distributed
+from training.config import Config, register_configs, to_object
+from training.hardware import apply_compile, autocast, fused_optimizer, setup_torch
+from training.io import write_json
+from training.loop import (StepContext, TrainState, diverged, evaluate, load_checkpoint, moe_stats,
+                           run_decay_branch, save_checkpoint, train_step)
+from training.metrics import MetricsLogger, progress
+from training.probes import run_probes
+from training.rundir import config_hash, run_dir_for, write_run_metadata
+from training.summary import branch_plan, existing_summary, make_summary, record_sweep_rows
+
+register_configs()
+
+
+def run(dcfg: DictConfig) -> dict:
+    """Train (or resume, or skip if already finished) the run that `dcfg` describes."""
+    cfg: Config = to_object(dcfg)
+    world = distributed.init(cfg.hardware)
+    run_dir = distributed.agree_on_path(run_dir_for(dcfg), world)
+    done = existing_summary(run_dir, cfg.run.resume)
+    if done is not None:
+        print(f"[train] {run_dir} already finished ({done['status']}); skipping", file=sys.stderr)
+        return done
+
+    # ---- data ------------------------------------------------------------------------
+    device = setup_torch(cfg.hardware)
+    corpus = build_corpus(cfg.data)
+    if corpus.vocab_size > cfg.model.vocab_size:
+        raise ValueError(f"tokenizer has {corpus.vocab_size} tokens but model.vocab_size={cfg.model.vocab_size}; "
+                         "raise model.vocab_size (or data.tokenizer.vocab_size)")
+    T, B = cfg.model.seq_len, cfg.train.batch_size
+    loader = TokenLoader(corpus.train, T, B, seed=cfg.train.seed, rank=world.rank, world_size=world.size)
+    val = val_batches(corpus.val, T, B, cfg.train.eval_batches)
+    tokens_per_step = B * T
+
+    # ---- model, parametrization, optimizer --------------------------------------------
+    param = build_parametrization(cfg.parametrization, cfg.model)
+    core = Transformer(cfg.model, param, cfg.hardware.attention_backend, cfg.hardware.expert_backend)
+    init_weights(core, param, seed=cfg.train.seed)
+    core.to(device)
+    table = param_table(core, param)
+    optimizer = build_optimizer(core, table, cfg.optim, tokens_per_step, cfg.train.steps * tokens_per_step,
+                                fused=fused_optimizer(cfg.hardware, device))
+    schedule = GroupLR(optimizer, build_schedule(cfg.schedule, cfg.train.steps))
+    model = distributed.wrap(apply_compile(core, cfg.hardware), cfg.hardware, world)
+    ctx = StepContext(model, core, optimizer, schedule, autocast(cfg.hardware, device), device,
+                      cfg.train.micro_batch_size, cfg.optim.grad_clip)
+    branches = branch_plan(cfg.schedule, cfg.train.steps, tokens_per_step)
+
+    # ---- run directory, resume ------------------------------------------------------------
+    counts, flops_per_token = cfg.model.param_counts(), cfg.model.flops_per_token()
+    name = run_dir.name
+    logger = MetricsLogger(run_dir, cfg.logging, OmegaConf.to_container(dcfg, resolve=True), name,
+                           enabled=world.is_main)
+    state, ckpt = TrainState(), run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        state = load_checkpoint(ckpt, core, optimizer, loader)
+        logger.truncate_after(state.step)
+        print(f"[train] resumed {run_dir} at step {state.step}", file=sys.stderr)
+    elif world.is_main:
+        write_run_metadata(run_dir, dcfg, corpus.fingerprint, table)
+        if cfg.logging.print_param_table:
+            print(format_param_table(table), file=sys.stderr)
+    print(f"[train] {name}: N total {counts['n_total']:,} active {counts['n_active']:,} "
+          f"non-embedding {counts['n_active_nonembed']:,}; {cfg.train.steps} steps x {tokens_per_step} tokens; "
+          f"run dir {run_dir}", file=sys.stderr)
+
+    # ---- the loop -------------------------------------------------------------------------
+    bar = progress(cfg.train.steps, state.step, cfg.logging.progress and world.is_main)
+    t_start, wall0 = time.perf_counter(), state.wall_time_s
+    done_budgets = {b["steps"] for b in state.branches}
+    for step in range(state.step, cfg.train.steps):
+        for start, end in branches:  # WSD decay branches forked from the stable state
+            if step == start and end not in done_budgets:
+                res = run_decay_branch(ctx, loader, val, start, end, wsd(cfg.schedule, end),
+                                       cfg.train.divergence_factor, state)
+                res["tokens"] = end * tokens_per_step
+                state.branches.append(res)
+                state.branch_tokens += (end - start) * tokens_per_step
+                logger.log({"step": step, "branch_tokens": res["tokens"], "branch_val_loss": res["val_loss"]})
+        t0 = time.perf_counter()
+        x, y = loader.batch(step)
+        m = train_step(ctx, x, y, step)
+        state.step, state.tokens = step + 1, state.tokens + tokens_per_step
+        if state.initial_loss is None:
+            state.initial_loss = m["loss"]
+        if diverged(m["loss"], state, cfg.train.divergence_factor):
+            state.status = "diverged"
+            print(f"[train] diverged at step {step}: loss {m['loss']:.4g}", file=sys.stderr)
+            break
+        row = {"step": state.step, "tokens": state.tokens, "train_loss": m["loss"], "aux_loss": m["aux_loss"],
+               "lr": cfg.optim.lr * m["lr_factor"], "grad_norm": m["grad_norm"],
+               "tokens_per_s": tokens_per_step / (time.perf_counter() - t0)}
+        if state.step % cfg.logging.log_every == 0 or state.step == cfg.train.steps:
+            logger.log({**row, **moe_stats(core)})
+        if cfg.train.probe_every and state.step % cfg.train.probe_every == 0:
+            logger.log({"step": state.step, **run_probes(core, x, ctx)})
+        if state.step % cfg.train.eval_every == 0 or state.step == cfg.train.steps:
+            state.last_val_loss = evaluate(model, val, device, ctx.autocast)
+            state.best_val_loss = min(state.best_val_loss, state.last_val_loss)
+            logger.log({"step": state.step, "tokens": state.tokens, "val_loss": state.last_val_loss})
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['loss']:.3f}", val=f"{state.last_val_loss or math.nan:.3f}",
+                        tok_s=f"{row['tokens_per_s']:.0f}")
+        state.wall_time_s = wall0 + time.perf_counter() - t_start
+        if cfg.train.ckpt_every and state.step % cfg.train.ckpt_every == 0 and state.step < cfg.train.steps:
+            if world.is_main:
+                save_checkpoint(ckpt, core, optimizer, loader, state)
+    bar.close()
+
+    # ---- finish ---------------------------------------------------------------------------
+    if state.status == "running":
+        state.status = "completed"
+    state.wall_time_s = wall0 + time.perf_counter() - t_start
+    summary = make_summary(cfg, dcfg, state, counts, flops_per_token, tokens_per_step, corpus.fingerprint,
+                           config_hash(dcfg))
+    if world.is_main:
+        if cfg.run.keep_checkpoint and state.status == "completed":
+            save_checkpoint(ckpt, core, optimizer, loader, state)
+        elif ckpt.exists():
+            ckpt.unlink()
+        write_json(run_dir / "summary.json", summary)
+        if cfg.sweep.enabled:
+            record_sweep_rows(Path(cfg.sweep.dir), summary)
+    logger.close()
+    print(f"[train] {state.status}: final val loss {summary['final_val_loss']}, "
+          f"{state.wall_time_s:.0f} s, summary in {run_dir / 'summary.json'}", file=sys.stderr)
+    return summary
+
+
+@hydra.main(config_path="configs", config_name="train", version_base="1.3")
+def main(dcfg: DictConfig) -> None:
+    if dcfg.sweep.enabled:
+        from training.summary import run_sweep_job
+        run_sweep_job(run, dcfg)  # a crash is recorded as a data point and the sweep goes on
+    else:
+        run(dcfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training library used by train.py: config schema, loop pieces, run directories."""

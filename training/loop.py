@@ -1,0 +1,195 @@
+"""The pieces train.py calls: one optimizer step, evaluation, checkpoints, decay
+branches, divergence checks and MoE statistics. Each is a plain function."""
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from optim import GroupLR
+
+from .io import save_torch
+
+
+@dataclass
+class TrainState:
+    """Everything beyond model/optimizer/loader needed to continue a run exactly."""
+    step: int = 0
+    tokens: int = 0                   # tokens of the main run so far
+    branch_tokens: int = 0            # tokens spent in decay branches so far
+    initial_loss: float | None = None
+    best_val_loss: float = math.inf
+    last_val_loss: float | None = None
+    wall_time_s: float = 0.0
+    status: str = "running"           # running | completed | diverged | failed
+    branches: list = field(default_factory=list)  # finished decay-branch results
+
+
+@dataclass
+class StepContext:
+    """What one optimizer step needs besides the batch."""
+    model: nn.Module                  # possibly wrapped (DDP/FSDP/compiled)
+    core: nn.Module                   # the unwrapped Transformer
+    optimizer: torch.optim.Optimizer
+    schedule: GroupLR
+    autocast: object
+    device: torch.device
+    micro_batch_size: int
+    grad_clip: float
+
+
+def train_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, step: int) -> dict:
+    """One optimizer step on a (per-rank) batch, with gradient accumulation."""
+    lr_factor = ctx.schedule.apply(step)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    mb = ctx.micro_batch_size or x.shape[0]
+    chunks = list(zip(x.split(mb), y.split(mb)))
+    loss_sum = aux_sum = 0.0
+    for i, (xm, ym) in enumerate(chunks):
+        xm, ym = xm.to(ctx.device, non_blocking=True), ym.to(ctx.device, non_blocking=True)
+        sync = i == len(chunks) - 1
+        with _maybe_no_sync(ctx.model, sync), ctx.autocast:
+            out = ctx.model(xm, ym)
+            loss = (out.loss + out.aux_loss) / len(chunks)
+        loss.backward()
+        loss_sum += out.loss.detach().float().item() / len(chunks)
+        aux_sum += float(out.aux_loss.detach()) / len(chunks)
+    clip = ctx.grad_clip if ctx.grad_clip > 0 else math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(ctx.core.parameters(), clip))
+    ctx.optimizer.step()
+    ctx.core.update_router_biases()
+    return {"loss": loss_sum, "aux_loss": aux_sum, "grad_norm": grad_norm, "lr_factor": lr_factor}
+
+
+def _maybe_no_sync(model: nn.Module, sync: bool):
+    """Skip the gradient all-reduce on all but the last micro-batch (DDP)."""
+    import contextlib
+    if not sync and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: list, device: torch.device, autocast) -> float:
+    """Mean validation cross-entropy over fixed batches."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for x, y in batches:
+        with autocast:
+            total += float(model(x.to(device), y.to(device)).loss)
+    model.train(was_training)
+    return total / len(batches)
+
+
+def diverged(loss: float, state: TrainState, factor: float) -> bool:
+    """Not finite, or far above where the run started."""
+    if not math.isfinite(loss):
+        return True
+    return state.initial_loss is not None and loss > factor * state.initial_loss
+
+
+def moe_stats(core: nn.Module) -> dict:
+    """Router statistics of the last forward, averaged over MoE layers."""
+    layers = [m.stats for m in core.moe_layers() if m.stats]
+    if not layers:
+        return {}
+    mean = lambda k: float(torch.stack([s[k] for s in layers]).float().mean())  # noqa: E731
+    return {
+        "moe/imbalance": mean("imbalance"),
+        "moe/imbalance_max": max(float(s["imbalance"]) for s in layers),
+        "moe/load_balance_loss": mean("load_balance_loss"),
+        "moe/router_z": mean("router_z"),
+        "moe/router_entropy": mean("router_entropy"),
+        "moe/tokens_per_expert": torch.stack([s["tokens_per_expert"] for s in layers]).sum(0).tolist(),
+    }
+
+
+# ---- checkpoints ----------------------------------------------------------------------
+
+def rng_state() -> dict:
+    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save_checkpoint(path: Path, core: nn.Module, optimizer, loader, state: TrainState) -> None:
+    save_torch(path, {
+        "model": core.state_dict(), "optimizer": optimizer.state_dict(),
+        "loader": loader.state_dict(), "state": asdict(state), "rng": rng_state(),
+    })
+
+
+def load_checkpoint(path: Path, core: nn.Module, optimizer, loader) -> TrainState:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem for the user
+        raise RuntimeError(f"checkpoint {path} is unreadable ({e}); delete it to restart the run") from e
+    core.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    loader.load_state_dict(ck["loader"])
+    set_rng_state(ck["rng"])
+    return TrainState(**ck["state"])
+
+
+# ---- WSD decay branches ------------------------------------------------------------------
+
+def snapshot(core: nn.Module, optimizer) -> dict:
+    """CPU copy of model and optimizer state, to return to after a branch."""
+    return {"model": {k: v.detach().to("cpu", copy=True) for k, v in core.state_dict().items()},
+            "optimizer": _to_cpu(copy.deepcopy(optimizer.state_dict()))}
+
+
+def restore(snap: dict, core: nn.Module, optimizer) -> None:
+    core.load_state_dict(snap["model"])
+    optimizer.load_state_dict(snap["optimizer"])
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.to("cpu")
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+def run_decay_branch(ctx: StepContext, loader, val_batches: list, start: int, end: int, factor,
+                     divergence_factor: float, state: TrainState) -> dict:
+    """Fork a WSD decay from the stable state at `start`, train to `end`, evaluate, return.
+
+    The loader is a pure function of the step, so the branch sees exactly the batches a
+    separate run to `end` would see; afterwards the main run resumes from the snapshot.
+    """
+    snap = snapshot(ctx.core, ctx.optimizer)
+    main_factor = ctx.schedule.factor
+    ctx.schedule.factor = factor
+    status = "ok"
+    try:
+        for step in range(start, end):
+            x, y = loader.batch(step)
+            loss = train_step(ctx, x, y, step)["loss"]
+            if diverged(loss, state, divergence_factor):
+                status = "diverged"
+                break
+        val = evaluate(ctx.model, val_batches, ctx.device, ctx.autocast) if status == "ok" else None
+    finally:
+        ctx.schedule.factor = main_factor
+        restore(snap, ctx.core, ctx.optimizer)
+    return {"steps": end, "decay_steps": end - start, "val_loss": val, "status": status}

@@ -1,0 +1,67 @@
+"""A run is reproducible from its own directory: resolved config, git state,
+environment, data fingerprint, parameter table, metrics and summary."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .io import write_json, write_text
+
+# Config sections that do not change what is computed: excluded from the run's hash.
+NON_SEMANTIC = ("logging", "run", "sweep", "experiment")
+NON_SEMANTIC_HARDWARE = ("num_threads",)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Stable 10-hex-digit hash of the semantic part of a resolved config."""
+    d = OmegaConf.to_container(cfg, resolve=True)
+    for k in NON_SEMANTIC:
+        d.pop(k, None)
+    for k in NON_SEMANTIC_HARDWARE:
+        d.get("hardware", {}).pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def run_dir_for(cfg: DictConfig) -> Path:
+    name = cfg.run.name or f"{cfg.model.name}-{cfg.parametrization.name}-lr{cfg.optim.lr:.3g}-{config_hash(cfg)}"
+    return Path(cfg.run.root) / name
+
+
+def git_state() -> dict:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = git("rev-parse", "HEAD").strip()
+    return {"commit": commit or None, "dirty": bool(git("status", "--porcelain").strip()), "diff": git("diff", "HEAD")}
+
+
+def environment() -> dict:
+    env = {
+        "python": sys.version, "platform": platform.platform(), "torch": torch.__version__,
+        "cpu_count": os.cpu_count(), "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "argv": sys.argv,
+    }
+    return env
+
+
+def write_run_metadata(run_dir: Path, cfg: DictConfig, fingerprint: dict, table: list[dict]) -> None:
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    g = git_state()
+    write_text(run_dir / "git.diff", g.pop("diff"))
+    write_json(run_dir / "git.json", g)
+    write_json(run_dir / "environment.json", environment())
+    write_json(run_dir / "data_fingerprint.json", fingerprint)
+    write_json(run_dir / "param_table.json", table)
