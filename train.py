@@ -26,8 +26,8 @@ from training import distributed
 from training.config import Config, register_configs, to_object
 from training.hardware import apply_compile, autocast, fused_optimizer, setup_torch
 from training.io import write_json
-from training.loop import (StepContext, TrainState, diverged, evaluate, load_checkpoint, moe_stats,
-                           run_decay_branch, save_checkpoint, train_step)
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.loop import StepContext, TrainState, diverged, evaluate, moe_stats, run_decay_branch, train_step
 from training.metrics import MetricsLogger, progress
 from training.probes import run_probes
 from training.rundir import config_hash, run_dir_for, write_run_metadata
