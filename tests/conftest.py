@@ -1,0 +1,46 @@
+"""Shared fixtures: compose the real Hydra config and shrink it (lightning-hydra-template style)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+torch.set_num_threads(1)
+
+
+def tiny_overrides(tmp: Path, cache: Path) -> list[str]:
+    """A model and corpus small enough for a CPU test to train in seconds."""
+    return [
+        "model.d_model=32", "model.n_heads=2", "model.n_layers=2", "model.seq_len=32",
+        "train.batch_size=4", "train.steps=8", "train.eval_every=4", "train.eval_batches=2", "train.ckpt_every=4",
+        "schedule.warmup_steps=2", "data.max_bytes=400000", "data.val_fraction=0.25", "data.tokenizer.vocab_size=384",
+        f"data.cache_dir={cache}", f"run.root={tmp / 'runs'}", "logging.progress=false",
+        "logging.print_param_table=false", "hardware.num_threads=1",
+    ]
+
+
+def compose_cfg(overrides: list[str]):
+    import train  # noqa: F401  (registers the structured configs)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """One small token cache per test session (built on first use)."""
+    return tmp_path_factory.mktemp("token_cache")
+
+
+@pytest.fixture
+def tiny(tmp_path, data_cache):
+    """Function composing the default config with tiny overrides plus extra ones."""
+    def make(*extra: str):
+        return compose_cfg(tiny_overrides(tmp_path, data_cache) + list(extra))
+    return make
