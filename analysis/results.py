@@ -1,0 +1,149 @@
+"""Read a sweep's `results.jsonl` into a validated pandas DataFrame.
+
+One line of `results.jsonl` is one measurement: a (run, token budget) pair, i.e. the
+validation loss of one WSD decay branch forked from a run's stable phase
+(PAPER.md §2, "decay branches"). The sweep runner appends lines as branches finish, so
+the file is read defensively:
+
+- a final line cut short by a kill is skipped with a warning; a corrupt line anywhere
+  else is an error (it means the file was damaged, not interrupted);
+- a (run_id, branch) pair written twice (a job that was re-run) keeps the last row;
+- diverged / failed rows are kept: they are data (where the LR is too high) and are
+  counted in the report, but only `usable_mask` rows enter the fits.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RESULTS_FILE = "results.jsonl"
+
+# The three ways N is counted for every run (PAPER.md §2); fits are repeated per kind.
+N_KINDS = ("n_total", "n_active", "n_active_nonembed")
+
+STATUSES = ("ok", "diverged", "failed")
+
+REQUIRED_COLUMNS = (
+    "run_id", "config_hash", "status", "model", "parametrization",
+    *N_KINDS, "d_model", "n_layers", "num_experts", "top_k",
+    "lr", "tokens", "steps", "branch", "val_loss", "flops", "run_flops",
+    "wall_time_s", "batch_tokens", "seed", "error", "data_fingerprint",
+)
+
+_FLOAT_COLUMNS = ("lr", "val_loss", "flops", "run_flops", "wall_time_s")
+_INT_COLUMNS = (*N_KINDS, "d_model", "n_layers", "num_experts", "top_k",
+                "tokens", "steps", "branch", "batch_tokens", "seed")
+
+
+def _results_path(sweep_dir_or_file: str | Path) -> Path:
+    path = Path(sweep_dir_or_file)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no results file at {path}: pass a sweep directory containing {RESULTS_FILE} "
+            f"or the path of a results .jsonl file")
+    return path
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Parse JSON lines; tolerate only a truncated *last* line (a killed writer)."""
+    lines = path.read_text().splitlines()
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    records = []
+    for k, (lineno, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            if k == len(numbered) - 1:
+                warnings.warn(f"{path}:{lineno}: skipping unparseable last line "
+                              f"(probably cut short by a kill): {err}", stacklevel=3)
+                continue
+            raise ValueError(
+                f"{path}:{lineno}: corrupt line in the middle of the file ({err}); "
+                f"repair or delete that line and re-run") from err
+        records.append(record)
+    return records
+
+
+def usable_mask(df: pd.DataFrame) -> pd.Series:
+    """Rows that enter the fits: status ok and a finite validation loss."""
+    return (df["status"] == "ok") & np.isfinite(df["val_loss"].to_numpy(dtype=float))
+
+
+def load_results(sweep_dir_or_file: str | Path, *, allow_mixed: bool = False) -> pd.DataFrame:
+    """Load and validate a sweep's results table.
+
+    Returns one row per (run_id, branch), in file order, with `val_loss` as float
+    (NaN for null). A row marked "ok" whose loss is not finite is re-labelled
+    "diverged" (with a warning), so that `status` alone tells what enters the fits.
+
+    Raises FileNotFoundError for a missing file, ValueError for a corrupt middle line,
+    an empty table, missing columns, unknown status values, or several
+    `data_fingerprint` values (unless `allow_mixed=True`: fits across different data
+    are not comparable, so mixing must be a deliberate choice).
+    """
+    path = _results_path(sweep_dir_or_file)
+    records = _read_jsonl(path)
+    if not records:
+        raise ValueError(f"{path} holds no results yet: wait for the sweep to write rows")
+    df = pd.DataFrame.from_records(records)
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} lacks required column(s) {missing}; the sweep runner must "
+                         f"write every column of analysis.results.REQUIRED_COLUMNS")
+
+    unknown = sorted(set(df["status"].astype(str)) - set(STATUSES))
+    if unknown:
+        raise ValueError(f"{path}: unknown status value(s) {unknown}; expected one of {STATUSES}")
+
+    for col in _FLOAT_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    for col in _INT_COLUMNS:
+        values = pd.to_numeric(df[col], errors="coerce")
+        if values.isna().any():
+            bad = df.loc[values.isna(), "run_id"].tolist()[:5]
+            raise ValueError(f"{path}: column {col!r} has missing/non-numeric values "
+                             f"(runs {bad}); it must be an integer on every row")
+        df[col] = values.astype(np.int64)
+
+    # A re-run job writes its rows again: the last write wins.
+    n_before = len(df)
+    df = df.drop_duplicates(subset=["run_id", "branch"], keep="last").reset_index(drop=True)
+    df.attrs["n_duplicates_dropped"] = n_before - len(df)
+
+    fingerprints = sorted(df["data_fingerprint"].dropna().astype(str).unique())
+    if len(fingerprints) > 1 and not allow_mixed:
+        counts = df["data_fingerprint"].value_counts().to_dict()
+        raise ValueError(f"{path} mixes {len(fingerprints)} data fingerprints {counts}; "
+                         f"fits across different data are not comparable. Split the sweep, "
+                         f"or pass allow_mixed=True (--allow-mixed) to fit them together")
+    df.attrs["data_fingerprints"] = fingerprints
+
+    silent_nan = (df["status"] == "ok") & ~np.isfinite(df["val_loss"].to_numpy())
+    if silent_nan.any():
+        warnings.warn(f"{int(silent_nan.sum())} row(s) have status 'ok' but a non-finite "
+                      f"val_loss; counting them as diverged", stacklevel=2)
+        df.loc[silent_nan, "status"] = "diverged"
+    df.attrs["source"] = str(path)
+    return df
+
+
+def status_counts(df: pd.DataFrame) -> dict:
+    """ok / diverged / failed counts over rows (measurements) and over runs.
+
+    A run counts as ok if all its rows are ok, else by its worst row (failed > diverged).
+    """
+    rows = {s: int((df["status"] == s).sum()) for s in STATUSES}
+    rank = {"ok": 0, "diverged": 1, "failed": 2}
+    worst = df.groupby("run_id")["status"].agg(lambda s: max(s, key=rank.__getitem__))
+    runs = {s: int((worst == s).sum()) for s in STATUSES}
+    return {"rows": rows, "runs": runs}
