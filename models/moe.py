@@ -43,14 +43,14 @@ class _ContiguousGrad(torch.autograd.Function):
         return g.contiguous()
 
 
-def _grouped_mm_fn() -> Callable | None:
+def grouped_mm_fn() -> Callable | None:
     fn = getattr(F, "grouped_mm", None)  # public since torch 2.12
     return fn if fn is not None else getattr(torch, "_grouped_mm", None)  # torch 2.8-2.11
 
 
 def grouped_mm_experts(x: torch.Tensor, counts: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
     """All experts in two grouped GEMMs over the sorted tokens (no per-expert Python loop)."""
-    gmm = _grouped_mm_fn()
+    gmm = grouped_mm_fn()
     offs = counts.cumsum(0).to(torch.int32)
     h = _ContiguousGrad.apply(gmm(x.contiguous(), w_in, offs=offs))  # (n, 2*de)
     gate, up = h.chunk(2, dim=-1)
@@ -59,7 +59,7 @@ def grouped_mm_experts(x: torch.Tensor, counts: torch.Tensor, w_in: torch.Tensor
 
 
 def _check_grouped_mm(d_model: int, d_expert: int) -> None:
-    if _grouped_mm_fn() is None:
+    if grouped_mm_fn() is None:
         raise RuntimeError("expert backend 'grouped_mm' needs torch >= 2.8 (torch._grouped_mm); use 'loop'")
     # Grouped GEMM kernels need 16-byte aligned row strides: 8 elements in bf16.
     for name, v in (("model.d_model", d_model), ("model.moe.d_expert (or d_ff)", d_expert)):

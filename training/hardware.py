@@ -3,11 +3,13 @@ compile. The model files never see a device string."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 from torch import nn
 
 from models import ATTENTION_BACKENDS, EXPERT_BACKENDS
+from models.moe import grouped_mm_fn
 
 from .config import HardwareConfig
 
@@ -37,8 +39,16 @@ def validate_hardware(hw: HardwareConfig) -> None:
         raise ValueError(f"hardware.data_parallel='{hw.data_parallel}' is unknown; valid: none, ddp, fsdp")
 
 
+def resolve_expert_backend(hw: HardwareConfig) -> None:
+    """grouped_mm needs torch >= 2.8; on an older torch fall back to the loop reference, loudly."""
+    if hw.expert_backend == "grouped_mm" and grouped_mm_fn() is None:
+        warnings.warn(f"torch {torch.__version__} has no grouped_mm; using hardware.expert_backend=loop")
+        hw.expert_backend = "loop"
+
+
 def setup_torch(hw: HardwareConfig) -> torch.device:
     validate_hardware(hw)
+    resolve_expert_backend(hw)
     device = resolve_device(hw)
     if hw.num_threads > 0:
         torch.set_num_threads(hw.num_threads)
