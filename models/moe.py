@@ -110,7 +110,9 @@ class Router(nn.Module):
         self.register_buffer("bias", torch.zeros(self.num_experts))  # persistent: part of the state
 
     def forward(self, x: torch.Tensor) -> Routing:
-        logits = F.linear(x.float(), self.weight.float()) * self.mult  # (n, E)
+        # fp32 even inside a bf16 autocast region (autocast would run this matmul in bf16).
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.weight.float()) * self.mult  # (n, E)
         probs = logits.softmax(dim=-1)
         scores = probs + self.bias if self.aux_free else probs
         _, idx = scores.topk(self.top_k, dim=-1)
@@ -148,7 +150,8 @@ class MoE(nn.Module):
         counts = torch.bincount(expert_of, minlength=E)            # (E,)
         y_sorted = self.experts(flat[token_of], counts, self.w_in, self.w_out)  # (n*k, d)
         gates = r.weights.reshape(-1)[order].unsqueeze(-1).to(y_sorted.dtype)
-        out = torch.zeros_like(flat).index_add_(0, token_of, y_sorted * gates)
+        # Under autocast the experts return bf16 while the residual stream stays fp32.
+        out = torch.zeros_like(flat).index_add_(0, token_of, (y_sorted * gates).to(flat.dtype))
         if self.shared is not None:
             out = out + self.shared(flat)
 

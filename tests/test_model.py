@@ -1,0 +1,473 @@
+"""Property tests for models/: parameter counts and FLOPs against the built model,
+fast paths against their plain references, router and MoE invariants, causality,
+and config-time validation. Tiny CPU shapes, deterministic, fp32 unless stated.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import (
+    ModelConfig, MoE, MoEConfig, Transformer, eager_attention, get_expert_backend,
+    grouped_mm_experts, loop_experts, sdpa_attention,
+)
+from parametrization import ParametrizationConfig, build_parametrization, init_weights
+
+
+def tiny(**kw) -> ModelConfig:
+    moe = kw.pop("moe", MoEConfig())
+    base = dict(d_model=32, n_layers=2, n_heads=2, vocab_size=64, seq_len=16)
+    base.update(kw)
+    return ModelConfig(moe=moe, **base)
+
+
+def build(cfg: ModelConfig, seed: int = 0, attn: str = "eager", experts: str = "loop", **pkw) -> Transformer:
+    param = build_parametrization(ParametrizationConfig(**pkw), cfg)
+    model = Transformer(cfg, param, attn_backend=attn, expert_backend=experts)
+    init_weights(model, param, seed)
+    return model
+
+
+def tokens(cfg: ModelConfig, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, cfg.vocab_size, (batch, cfg.seq_len), generator=g)
+
+
+COUNT_CONFIGS = {
+    "dense": tiny(),
+    "dense_dff": tiny(d_ff=40),
+    "moe": tiny(moe=MoEConfig(num_experts=4, top_k=2)),
+    "moe_shared": tiny(moe=MoEConfig(num_experts=4, top_k=1, d_expert=16, shared_expert=True)),
+    "moe_first_dense": tiny(n_layers=3, moe=MoEConfig(num_experts=8, top_k=2, first_dense_layers=1)),
+    "gqa": tiny(d_model=64, n_heads=4, n_kv_heads=2),
+    "gqa_moe": tiny(d_model=64, n_heads=4, n_kv_heads=1, moe=MoEConfig(num_experts=4, top_k=3, d_expert=24)),
+}
+
+
+# ---- parameter counts and FLOPs -----------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(COUNT_CONFIGS))
+def test_param_counts_match_built_model(name):
+    cfg = COUNT_CONFIGS[name]
+    model = build(cfg)
+    total = active = embed = 0
+    for pname, p in model.named_parameters():
+        n = p.numel()
+        total += n
+        if pname.endswith(("moe.w_in", "moe.w_out")):
+            # Routed experts: each token uses top_k of the E stacked experts.
+            assert n % cfg.moe.num_experts == 0
+            active += n * cfg.moe.top_k // cfg.moe.num_experts
+        else:
+            active += n
+        if pname in ("embed", "unembed.weight"):
+            embed += n
+    assert embed == 2 * cfg.vocab_size * cfg.d_model
+    c = cfg.param_counts()
+    assert c == {"n_total": total, "n_active": active, "n_active_nonembed": active - embed}
+    if cfg.is_moe and cfg.moe.top_k < cfg.moe.num_experts:
+        assert c["n_active"] < c["n_total"]
+    else:
+        assert c["n_active"] == c["n_total"]
+
+
+@pytest.mark.parametrize("name", ["dense", "moe_shared", "moe_first_dense", "gqa_moe"])
+def test_flops_per_token_matches_counted_matmuls(name):
+    """3 x forward matmul FLOPs (counted by torch) is the training cost the config predicts."""
+    cfg = COUNT_CONFIGS[name]
+    model = build(cfg)
+    idx = tokens(cfg)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(idx)
+    fwd_per_token = fc.get_total_flops() / idx.numel()
+    L, T, attn_width = cfg.n_layers, cfg.seq_len, cfg.n_heads * cfg.d_head
+    # Eager attention computes the full T x T scores; the config counts the causal half.
+    full_minus_half = 6 * L * T * attn_width
+    # The config's 6N counts the (tiny) norm gains as parameters; matmuls do not.
+    norm_params = sum(p.numel() for n, p in model.named_parameters() if "norm" in n)
+    assert cfg.flops_per_token() == pytest.approx(3 * fwd_per_token - full_minus_half + 6 * norm_params, rel=1e-12)
+
+
+def test_flops_per_token_is_6n_active_and_ignores_idle_experts():
+    a = tiny(moe=MoEConfig(num_experts=4, top_k=2))
+    b = tiny(moe=MoEConfig(num_experts=8, top_k=2))
+    assert b.param_counts()["n_total"] > a.param_counts()["n_total"]
+    # Only the router (d x E per MoE layer) grows with E; idle experts cost nothing.
+    assert b.flops_per_token() - a.flops_per_token() == 6 * a.n_layers * a.d_model * (8 - 4)
+    c = a.param_counts()
+    six_n = 6 * (c["n_active_nonembed"] + a.vocab_size * a.d_model)
+    attn = 6 * a.n_layers * a.seq_len * a.d_model
+    assert a.flops_per_token() == six_n + attn
+    assert 6 * c["n_active_nonembed"] < a.flops_per_token() < 6 * c["n_total"]
+
+
+# ---- attention backends -------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_kv", [4, 2, 1])
+def test_sdpa_matches_eager_fwd_bwd(n_kv):
+    g = torch.Generator().manual_seed(0)
+    B, nh, T, hs = 2, 4, 16, 16
+    q = torch.randn(B, nh, T, hs, generator=g)
+    k, v = torch.randn(2, B, n_kv, T, hs, generator=g)
+    dy = torch.randn(B, nh, T, hs, generator=g)
+    outs, grads = [], []
+    for fn in (eager_attention, sdpa_attention):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        y = fn(qq, kk, vv, 0.3)
+        (y * dy).sum().backward()
+        outs.append(y.detach())
+        grads.append([t.grad for t in (qq, kk, vv)])
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_eager_attention_is_causal_softmax_reference():
+    """The reference itself against a per-query loop (GQA: kv head = query head // rep)."""
+    g = torch.Generator().manual_seed(0)
+    B, nh, nkv, T, hs = 1, 4, 2, 6, 8
+    q = torch.randn(B, nh, T, hs, generator=g)
+    k, v = torch.randn(2, B, nkv, T, hs, generator=g)
+    y = eager_attention(q, k, v, 0.5)
+    for h in range(nh):
+        kv = h // (nh // nkv)
+        for t in range(T):
+            w = (k[0, kv, : t + 1] @ q[0, h, t] * 0.5).softmax(-1)
+            torch.testing.assert_close(y[0, h, t], w @ v[0, kv, : t + 1], rtol=1e-5, atol=1e-6)
+
+
+def test_sdpa_model_matches_eager_model_gqa_fwd_bwd():
+    cfg = tiny(d_model=64, n_heads=4, n_kv_heads=2)
+    idx = tokens(cfg)
+    res = []
+    for backend in ("eager", "sdpa"):
+        model = build(cfg, attn=backend)
+        out = model(idx, idx)
+        out.loss.backward()
+        res.append((out.logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-5, atol=1e-5)
+    for n in res[0][1]:
+        torch.testing.assert_close(res[1][1][n], res[0][1][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+# ---- experts ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("counts", [[7, 0, 9, 4], [0, 12, 8, 0], [20, 0, 0, 0]])
+def test_grouped_mm_matches_loop_fwd_bwd(counts):
+    g = torch.Generator().manual_seed(0)
+    E, d, de = len(counts), 16, 8
+    n = sum(counts)
+    x = torch.randn(n, d, generator=g)
+    w_in = torch.randn(E, d, 2 * de, generator=g) / math.sqrt(d)
+    w_out = torch.randn(E, de, d, generator=g) / math.sqrt(de)
+    dy = torch.randn(n, d, generator=g)
+    c = torch.tensor(counts)
+    res = []
+    for fn in (loop_experts, grouped_mm_experts):
+        leaves = [t.clone().requires_grad_() for t in (x, w_in, w_out)]
+        y = fn(leaves[0], c, leaves[1], leaves[2])
+        (y * dy).sum().backward()
+        res.append((y.detach(), [t.grad for t in leaves]))
+    torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(res[1][1], res[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # An expert that got no tokens gets exactly zero gradient from both kernels.
+    for e, ne in enumerate(counts):
+        if ne == 0:
+            for grads in (res[0][1], res[1][1]):
+                assert grads[1][e].abs().max() == 0 and grads[2][e].abs().max() == 0
+    # And the loop reference is what it claims: expert e applied to its own slice.
+    start = 0
+    for e, ne in enumerate(counts):
+        gate, up = (x[start:start + ne] @ w_in[e]).chunk(2, -1)
+        torch.testing.assert_close(res[0][0][start:start + ne], (F.silu(gate) * up) @ w_out[e])
+        start += ne
+
+
+def test_moe_model_grouped_mm_matches_loop_fwd_bwd():
+    cfg = tiny(moe=MoEConfig(num_experts=4, top_k=2, d_expert=16, shared_expert=True, z_loss_coef=1e-3))
+    idx = tokens(cfg)
+    res = []
+    for backend in ("loop", "grouped_mm"):
+        model = build(cfg, experts=backend)
+        out = model(idx, idx)
+        (out.loss + out.aux_loss).backward()
+        res.append((out.logits.detach(), out.aux_loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(res[1][1], res[0][1])
+    for n in res[0][2]:
+        torch.testing.assert_close(res[1][2][n], res[0][2][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def _moe(seed: int = 0, **moe_kw) -> MoE:
+    moe_kw = {"num_experts": 4, "top_k": 2, "d_expert": 16, **moe_kw}
+    cfg = tiny(moe=MoEConfig(**moe_kw))
+    param = build_parametrization(ParametrizationConfig(), cfg)
+    moe = MoE(cfg, param, "loop")
+    init_weights(moe, param, seed)
+    return moe
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_moe_matches_per_token_dense_reference(shared):
+    """Dropless sorted dispatch equals sum_j gate_j * expert_{idx_j}(x_t) computed token by token."""
+    moe = _moe(num_experts=4, top_k=2, shared_expert=shared)
+    x = torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(3))
+    y, _ = moe(x)
+    flat = x.reshape(-1, 32)
+    r = moe.router(flat)
+    for t in range(flat.shape[0]):
+        ref = torch.zeros(32)
+        for j in range(moe.top_k):
+            e = r.expert_idx[t, j]
+            gate, up = (flat[t] @ moe.w_in[e]).chunk(2, -1)
+            ref += r.weights[t, j] * ((F.silu(gate) * up) @ moe.w_out[e])
+        if shared:
+            ref += moe.shared(flat[t:t + 1])[0]
+        torch.testing.assert_close(y.reshape(-1, 32)[t], ref, rtol=1e-5, atol=1e-6)
+
+
+# ---- router invariants --------------------------------------------------------------------
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_router_topk_distinct_gates_sum_to_one_and_tokens_routed_k_times(top_k):
+    moe = _moe(num_experts=6, top_k=top_k)
+    x = torch.randn(3, 16, 32, generator=torch.Generator().manual_seed(1))
+    flat = x.reshape(-1, 32)
+    r = moe.router(flat)
+    n = flat.shape[0]
+    assert r.expert_idx.shape == (n, top_k)
+    for row in r.expert_idx.tolist():
+        assert len(set(row)) == top_k
+    torch.testing.assert_close(r.weights.sum(-1), torch.ones(n))
+    assert (r.weights > 0).all()
+    # The chosen experts are the top_k of the fp32 softmax (no balancing bias in aux_loss mode).
+    probs = (flat.double() @ moe.router.weight.double().T).softmax(-1)
+    chosen = probs.gather(-1, r.expert_idx)
+    others = probs.masked_fill(torch.zeros_like(probs, dtype=torch.bool).scatter(-1, r.expert_idx, True), -1)
+    assert (chosen.min(-1).values >= others.max(-1).values).all()
+    torch.testing.assert_close(r.weights.double(), chosen / chosen.sum(-1, keepdim=True))
+    moe(x)
+    counts = moe.stats["tokens_per_expert"]
+    assert counts.sum().item() == n * top_k
+    assert torch.equal(counts, torch.bincount(r.expert_idx.reshape(-1), minlength=6))
+
+
+def test_router_in_fp32_for_bf16_input():
+    moe = _moe(num_experts=4, top_k=2)
+    x = torch.randn(32, 32, generator=torch.Generator().manual_seed(2)).bfloat16()
+    r = moe.router(x)
+    for t in (r.logits, r.probs, r.weights):
+        assert t.dtype == torch.float32
+    ref = x.float() @ moe.router.weight.float().T
+    torch.testing.assert_close(r.logits, ref, rtol=1e-6, atol=1e-6)
+    # A bf16 matmul would round the logits; fp32 routing does not.
+    assert not torch.equal(r.logits, (x @ moe.router.weight.bfloat16().T).float())
+    # Inside bf16 autocast (how the training stack runs bf16) the router matmul stays fp32.
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        r = moe.router(x.float())
+    assert r.logits.dtype == r.probs.dtype == r.weights.dtype == torch.float32
+    torch.testing.assert_close(r.logits, ref, rtol=1e-6, atol=1e-6)
+    # Also with the whole MoE in bf16, the router still works in fp32 and the output stays bf16.
+    moe = moe.to(torch.bfloat16)
+    assert moe.router(x).logits.dtype == torch.float32
+    y, aux = moe(x.view(1, 32, 32))
+    assert y.dtype == torch.bfloat16 and aux.dtype == torch.float32
+
+
+def test_moe_model_under_bf16_autocast_fwd_bwd():
+    """bf16 autocast with fp32 master weights: runs, routes in fp32, stays close to fp32."""
+    cfg = COUNT_CONFIGS["moe_shared"]
+    model = build(cfg)
+    idx = tokens(cfg)
+    ref = model(idx, idx)
+    routings = []
+    for moe in model.moe_layers():
+        moe.router.register_forward_hook(lambda mod, args, out: routings.append(out))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = model(idx, idx)
+    assert routings and all(r.logits.dtype == torch.float32 for r in routings)
+    assert out.loss.dtype == torch.float32 and out.aux_loss.dtype == torch.float32
+    assert (out.logits.float() - ref.logits).abs().max() < 0.05 * ref.logits.abs().max()
+    assert out.loss.item() == pytest.approx(ref.loss.item(), rel=1e-2)
+    (out.loss + out.aux_loss).backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), n
+
+
+# ---- balancing ----------------------------------------------------------------------------
+
+def _skewed_input_and_moe(**kw):
+    """Every token prefers expert 0: inputs share a direction c that only router row 0 reads."""
+    moe = _moe(num_experts=4, top_k=1, balance="aux_free", bias_update_rate=0.02, **kw)
+    g = torch.Generator().manual_seed(5)
+    c = torch.zeros(32)
+    c[0] = 3.0
+    with torch.no_grad():
+        moe.router.weight.mul_(10.0)  # varied per-token preferences among the other experts
+        moe.router.weight[:, 0] = 0.0
+        moe.router.weight[0, 0] = 0.5
+    x = torch.randn(1, 64, 32, generator=g) * 0.3 + c
+    return moe, x
+
+
+def _imbalance(moe, x) -> float:
+    with torch.no_grad():
+        moe(x)
+    return moe.stats["imbalance"].item()
+
+
+def test_aux_free_bias_moves_toward_balance():
+    moe, x = _skewed_input_and_moe()
+    assert _imbalance(moe, x) > 3.5  # nearly all 64 tokens on expert 0 of 4
+    moe.update_router_bias()
+    # Overloaded expert 0 goes down by the rate, the idle ones go up by it.
+    torch.testing.assert_close(moe.router.bias, torch.tensor([-0.02, 0.02, 0.02, 0.02]))
+    assert moe.load.sum() == 0
+    for _ in range(40):
+        _imbalance(moe, x)
+        moe.update_router_bias()
+    assert _imbalance(moe, x) < 1.5
+    # The bias only decides *which* experts: gates are still the unbiased softmax probs.
+    r = moe.router(x.view(-1, 32))
+    torch.testing.assert_close(r.weights, torch.ones_like(r.weights))
+
+
+def test_aux_free_bias_unchanged_by_eval_forwards():
+    moe, x = _skewed_input_and_moe()
+    moe(x)                                   # training forward: load accumulates
+    load = moe.load.clone()
+    assert load.sum() == 64 and load[0] > 60
+    moe.eval()
+    with torch.no_grad():
+        for _ in range(3):
+            moe(x)
+    assert torch.equal(moe.load, load)       # eval forwards add nothing
+    moe.update_router_bias()
+    bias = moe.router.bias.clone()
+    moe(x)
+    moe.update_router_bias()                 # only eval forwards since: nothing to act on
+    assert torch.equal(moe.router.bias, bias)
+
+
+def test_aux_loss_mode_never_moves_bias():
+    moe = _moe(num_experts=4, top_k=1, balance="aux_loss")
+    moe(torch.randn(1, 16, 32, generator=torch.Generator().manual_seed(0)))
+    moe.update_router_bias()
+    assert moe.router.bias.abs().sum() == 0
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_switch_load_balance_loss_is_one_for_uniform_routing(top_k):
+    """Token t has logit c on experts t, t+1 (mod E), 0 elsewhere: every expert gets the same
+    share of assignments and the same mean probability, though each token's probs are peaked."""
+    E, d = 4, 32
+    moe = _moe(num_experts=E, top_k=top_k, aux_loss_coef=0.25, z_loss_coef=0.0)
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[:, :E] = 3.0 * torch.eye(E)
+    x = torch.zeros(1, 4 * E, d)
+    for t in range(4 * E):
+        for j in range(top_k):
+            x[0, t, (t + j) % E] = 1.0
+    _, aux = moe(x)
+    assert moe.stats["tokens_per_expert"].tolist() == [4 * top_k] * E
+    assert moe.router(x[0]).probs.max() > 1.5 / E  # not trivially uniform per token
+    torch.testing.assert_close(moe.stats["load_balance_loss"], torch.tensor(1.0))
+    torch.testing.assert_close(aux, torch.tensor(0.25))
+
+
+def test_switch_load_balance_loss_hand_value_when_skewed():
+    E, d = 4, 32
+    moe = _moe(num_experts=E, top_k=1, aux_loss_coef=1.0)
+    with torch.no_grad():
+        moe.router.weight.zero_()
+        moe.router.weight[:, :E] = 3.0 * torch.eye(E)
+    x = torch.zeros(1, 8, d)
+    x[0, :6, 0] = 1.0      # six tokens to expert 0
+    x[0, 6:, 1] = 1.0      # two to expert 1
+    _, aux = moe(x)
+    p_hi = math.exp(3) / (math.exp(3) + 3)
+    p_lo = 1 / (math.exp(3) + 3)
+    f = [6 / 8, 2 / 8, 0, 0]
+    P = [(6 * p_hi + 2 * p_lo) / 8, (6 * p_lo + 2 * p_hi) / 8, p_lo, p_lo]
+    expected = E * sum(fi * pi for fi, pi in zip(f, P))
+    assert expected > 1.5
+    assert aux.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_z_loss_matches_hand_computation():
+    moe = _moe(num_experts=4, top_k=2, aux_loss_coef=0.0, z_loss_coef=0.1)
+    with torch.no_grad():
+        moe.router.weight.mul_(50)  # make logsumexp far from log(E)
+    x = torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(4))
+    _, aux = moe(x)
+    z = 0.0
+    for row in x.reshape(-1, 32).double():
+        logits = [float(row @ w) for w in moe.router.weight.detach().double()]
+        z += math.log(sum(math.exp(v) for v in logits)) ** 2
+    z /= 16
+    assert moe.stats["router_z"].item() == pytest.approx(z, rel=1e-5)
+    assert aux.item() == pytest.approx(0.1 * z, rel=1e-5)
+
+
+# ---- causality ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["dense", "moe", "gqa_moe"])
+def test_future_token_does_not_change_past_logits(kind):
+    cfg = {"dense": COUNT_CONFIGS["dense"], "moe": COUNT_CONFIGS["moe"], "gqa_moe": COUNT_CONFIGS["gqa_moe"]}[kind]
+    model = build(cfg)
+    idx = tokens(cfg, batch=1)
+    t = cfg.seq_len // 2
+    idx2 = idx.clone()
+    idx2[0, t:] = (idx2[0, t:] + 7) % cfg.vocab_size
+    with torch.no_grad():
+        a, b = model(idx).logits, model(idx2).logits
+    torch.testing.assert_close(a[:, :t], b[:, :t], rtol=0, atol=1e-6)
+    assert (a[:, t:] - b[:, t:]).abs().max() > 1e-3
+
+
+# ---- validation ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(d_model=30, n_heads=4), "n_heads"),
+    (dict(d_model=30, n_heads=10), "d_model/n_heads"),          # head size 3 is odd
+    (dict(n_heads=4, n_kv_heads=3), "n_kv_heads"),
+    (dict(moe=MoEConfig(num_experts=4, top_k=5)), "top_k"),
+    (dict(moe=MoEConfig(num_experts=4, top_k=0)), "top_k"),
+    (dict(moe=MoEConfig(num_experts=4, balance="sinkhorn")), "balance"),
+    (dict(moe=MoEConfig(num_experts=4, first_dense_layers=2)), "first_dense_layers"),
+    (dict(moe=MoEConfig(num_experts=-1)), "num_experts"),
+    (dict(vocab_size=0), "vocab_size"),
+])
+def test_invalid_config_rejected_naming_field(kw, field):
+    with pytest.raises(ValueError, match=field) as e:
+        tiny(**kw)
+    if field == "balance":
+        assert "aux_loss" in str(e.value) and "aux_free" in str(e.value)
+
+
+def test_unknown_attention_backend_lists_valid():
+    with pytest.raises(ValueError, match="flash9") as e:
+        build(tiny(), attn="flash9")
+    assert "eager" in str(e.value) and "sdpa" in str(e.value)
+
+
+def test_unknown_expert_backend_lists_valid():
+    with pytest.raises(ValueError, match="megablocks") as e:
+        build(tiny(moe=MoEConfig(num_experts=4)), experts="megablocks")
+    assert "loop" in str(e.value) and "grouped_mm" in str(e.value)
+
+
+@pytest.mark.parametrize("d_model, d_expert, field", [(36, 16, "d_model"), (32, 20, "d_expert")])
+def test_grouped_mm_misaligned_sizes_rejected(d_model, d_expert, field):
+    with pytest.raises(ValueError, match=f"{field}.*multiple of 8"):
+        get_expert_backend("grouped_mm", d_model, d_expert)
+    cfg = tiny(d_model=d_model, n_heads=2, moe=MoEConfig(num_experts=4, d_expert=d_expert))
+    with pytest.raises(ValueError, match="loop"):
+        build(cfg, experts="grouped_mm")
+    build(cfg, experts="loop")  # the reference accepts any size
