@@ -21,7 +21,9 @@ class MuParametrization(StandardParametrization):
         if cfg.base_d_model <= 0:
             raise ValueError("parametrization.base_d_model must be positive for muP")
         self.m = d_model / cfg.base_d_model
-        self.base_d_head = cfg.base_d_head or d_head
+        # Default: the head size at base width with the same head count (heads widen with
+        # d_model); the model's own d_head would silently keep SP's 1/sqrt(d_head) at every width.
+        self.base_d_head = cfg.base_d_head or cfg.base_d_model / (d_model // d_head)
 
     @property
     def output_mult(self) -> float:  # type: ignore[override]
