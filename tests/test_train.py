@@ -59,7 +59,7 @@ def test_killed_run_resumes_to_identical_losses(tiny, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg)
     run_dir = train.run_dir_for(cfg)
-    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "summary.json").exists()
+    assert (run_dir / "checkpoint").exists() and not (run_dir / "summary.json").exists()
     monkeypatch.setattr(train, "train_step", real_step)
     resumed = train.run(cfg)
     got = train_losses(run_dir)
@@ -80,7 +80,7 @@ def test_divergence_ends_run_cleanly(tiny):
     summary = train.run(tiny("optim.lr=1000.0", "optim.grad_clip=0", "schedule.warmup_steps=0"))
     assert summary["status"] == "diverged"
     assert summary["final_val_loss"] is None
-    assert not (Path(summary["run_dir"]) / "checkpoint.pt").exists()
+    assert not (Path(summary["run_dir"]) / "checkpoint").exists()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

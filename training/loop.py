@@ -12,6 +12,8 @@ from torch import nn
 
 from optim import GroupLR
 
+from . import distributed
+
 
 
 @dataclass
@@ -46,6 +48,9 @@ def train_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, step: int) ->
     lr_factor = ctx.schedule.apply(step)
     ctx.optimizer.zero_grad(set_to_none=True)
     mb = ctx.micro_batch_size or x.shape[0]
+    if x.shape[0] % mb:
+        raise ValueError(f"train.micro_batch_size={mb} does not divide the per-rank batch of {x.shape[0]} rows "
+                         "(train.batch_size / number of ranks); pick a divisor")
     chunks = list(zip(x.split(mb), y.split(mb)))
     loss_sum = aux_sum = 0.0
     for i, (xm, ym) in enumerate(chunks):
@@ -57,24 +62,31 @@ def train_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, step: int) ->
         loss.backward()
         loss_sum += out.loss.detach().float().item() / len(chunks)
         aux_sum += float(out.aux_loss.detach()) / len(chunks)
+    loss_sum, aux_sum = distributed.mean_across_ranks([loss_sum, aux_sum])  # the global batch's loss
     clip = ctx.grad_clip if ctx.grad_clip > 0 else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(ctx.core.parameters(), clip))
+    grad_norm = torch.nn.utils.clip_grad_norm_(ctx.core.parameters(), clip)  # DTensors (FSDP2) included
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     ctx.optimizer.step()
+    # DeepSeek-V3 bias balancing reacts to the load of the whole global batch, as on one process.
+    distributed.sum_across_ranks_([m.load for m in ctx.core.moe_layers()])
     ctx.core.update_router_biases()
     return {"loss": loss_sum, "aux_loss": aux_sum, "grad_norm": grad_norm, "lr_factor": lr_factor}
 
 
 def _maybe_no_sync(model: nn.Module, sync: bool):
-    """Skip the gradient all-reduce on all but the last micro-batch (DDP)."""
+    """Skip the gradient reduction on all but the last micro-batch (DDP, FSDP2)."""
     import contextlib
-    if not sync and hasattr(model, "no_sync"):
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: a flag, not a context
+        model.set_requires_gradient_sync(sync)
+    elif not sync and hasattr(model, "no_sync"):
         return model.no_sync()
     return contextlib.nullcontext()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: list, device: torch.device, autocast) -> float:
-    """Mean validation cross-entropy over fixed batches."""
+    """Mean validation cross-entropy over fixed batches (this rank's rows of them; the
+    mean over ranks makes it the whole batches' loss, the same on every rank)."""
     was_training = model.training
     model.eval()
     total = 0.0
@@ -82,7 +94,7 @@ def evaluate(model: nn.Module, batches: list, device: torch.device, autocast) ->
         with autocast:
             total += float(model(x.to(device), y.to(device)).loss)
     model.train(was_training)
-    return total / len(batches)
+    return distributed.mean_across_ranks([total / len(batches)])[0]
 
 
 def diverged(loss: float, state: TrainState, factor: float) -> bool:

@@ -17,7 +17,7 @@ from .io import write_json, write_text
 
 # Config sections that do not change what is computed: excluded from the run's hash.
 NON_SEMANTIC = ("logging", "run", "sweep", "experiment")
-NON_SEMANTIC_HARDWARE = ("num_threads",)
+NON_SEMANTIC_HARDWARE = ("num_threads", "data_parallel")  # same numbers on 1 or K ranks
 
 REPO = Path(__file__).resolve().parents[1]
 
