@@ -1,5 +1,6 @@
 """Mixture-of-Experts layer: fp32 softmax top-k router, dropless sorted dispatch,
-and pluggable expert kernels (a per-expert loop reference and grouped GEMM).
+and pluggable expert kernels (a per-expert loop reference, PyTorch's grouped GEMM and
+megablocks' grouped GEMM).
 """
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ from torch import nn
 
 from parametrization import Parametrization, Role, role_param
 
+from .backends import require_package
 from .config import ModelConfig
 from .layers import SwiGLU
 
 
 # ---- expert kernels ------------------------------------------------------------------
 # Each takes tokens sorted by expert, x (n, d), the per-expert counts (E,), and the
-# stacked weights w_in (E, d, 2*de), w_out (E, de, d); it returns (n, d).
+# stacked weights w_in (E, d, 2*de), w_out (E, de, d); it returns (n, d). The loop is
+# the reference (kept beside the fast paths for comparison, as torchtitan does); the
+# others must match it forward and backward (tests/test_model.py, tests/test_backends.py).
 
 def loop_experts(x: torch.Tensor, counts: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
     """Reference: one matmul pair per expert over its contiguous slice of tokens."""
@@ -48,31 +52,119 @@ def grouped_mm_fn() -> Callable | None:
     return fn if fn is not None else getattr(torch, "_grouped_mm", None)  # torch 2.8-2.11
 
 
-def grouped_mm_experts(x: torch.Tensor, counts: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
-    """All experts in two grouped GEMMs over the sorted tokens (no per-expert Python loop)."""
+def _gemm_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the expert GEMMs run in: autocast's when it is on (grouped GEMMs are on
+    no autocast cast list, so without this they would see fp32 master weights), else x's."""
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+
+
+# Grouped GEMM kernels address each group through TMA, which needs 16-byte aligned
+# addresses. Where groups split the reduction dimension (the weight gradient, x^T @ dy)
+# that means every group's row count a multiple of 16 bytes, and CUTLASS takes no empty
+# group there. Recent torch picks a layout that avoids both; older torch asserted them
+# for every group (aten/src/ATen/native/cuda/GroupMMCommon.cuh, pytorch PR 155466).
+# Padding each group makes either safe.
+GROUP_ALIGN_BYTES = 16
+
+
+def padded_group_layout(counts: torch.Tensor, n: int, align: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Where each sorted row goes when every expert's group is padded to a multiple of
+    `align` rows, at least `align` (so empty experts get a group of zero rows too).
+
+    Returns dest (n,) row indices into the padded buffer, offs (E,) int32 group ends,
+    and the padded length. The length is the static bound n + E*align (rounded up), so
+    nothing waits on the device; the last group absorbs the slack, so every row of the
+    buffer belongs to some group and is written (grouped_mm leaves rows past offs[-1]
+    uninitialised).
+    """
+    E = counts.numel()
+    sizes = (counts.clamp_min(1) + align - 1) // align * align        # (E,) padded group sizes
+    ends, packed_ends = sizes.cumsum(0), counts.cumsum(0)
+    n_pad = -(-(n + E * align) // align) * align
+    shift = (ends - sizes) - (packed_ends - counts)                     # padded start - packed start
+    row = torch.arange(n, device=counts.device)
+    expert_of_row = torch.searchsorted(packed_ends, row, right=True)    # (n,) expert of each sorted row
+    dest = row + shift[expert_of_row]
+    offs = torch.cat([ends[:-1], ends.new_full((1,), n_pad)]).to(torch.int32)
+    return dest, offs, n_pad
+
+
+def grouped_mm_experts(x: torch.Tensor, counts: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor,
+                       align: int | None = None) -> torch.Tensor:
+    """All experts in two grouped GEMMs (no per-expert Python loop, no host sync).
+
+    Rows are scattered into a zero-padded buffer whose groups start 16-byte aligned
+    (`align` rows; default 16 bytes of the GEMM dtype: 8 rows in bf16); padding rows are
+    zero in, zero out and add nothing to the weight gradients. `align=1` skips padding.
+    """
     gmm = grouped_mm_fn()
-    offs = counts.cumsum(0).to(torch.int32)
-    h = _ContiguousGrad.apply(gmm(x.contiguous(), w_in, offs=offs))  # (n, 2*de)
+    dt = _gemm_dtype(x)
+    x = x.to(dt)
+    n, d = x.shape
+    align = align or GROUP_ALIGN_BYTES * 8 // torch.finfo(dt).bits
+    if align > 1:
+        dest, offs, n_pad = padded_group_layout(counts, n, align)
+        x = x.new_zeros(n_pad, d).index_copy(0, dest, x)  # (n_pad, d)
+    else:
+        offs = counts.cumsum(0).to(torch.int32)
+    h = _ContiguousGrad.apply(gmm(x.contiguous(), w_in.to(dt), offs=offs))  # (n_pad, 2*de)
     gate, up = h.chunk(2, dim=-1)
     a = (F.silu(gate) * up).contiguous()
-    return _ContiguousGrad.apply(gmm(a, w_out, offs=offs))  # (n, d)
+    y = _ContiguousGrad.apply(gmm(a, w_out.to(dt), offs=offs))  # (n_pad, d)
+    return y.index_select(0, dest) if align > 1 else y
+
+
+def _megablocks_gmm() -> Callable:
+    """grouped_gemm's gmm as megablocks ships it, else the standalone grouped_gemm package."""
+    try:
+        from megablocks import grouped_gemm_util as gg
+        if gg.grouped_gemm_is_available():
+            return gg.ops.gmm
+    except ImportError:
+        pass
+    from grouped_gemm import ops
+    return ops.gmm
+
+
+def megablocks_experts(x: torch.Tensor, counts: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+    """megablocks' grouped GEMM (Gale et al., arXiv 2211.15841) for the two expert GEMMs
+    only: routing and dispatch stay ours. Its group sizes live on the host (one sync)."""
+    gmm = _megablocks_gmm()
+    dt = _gemm_dtype(x)
+    sizes = counts.cpu()  # int64 on the host, as grouped_gemm wants
+    h = gmm(x.to(dt).contiguous(), w_in.to(dt), sizes)  # (n, 2*de)
+    gate, up = h.chunk(2, dim=-1)
+    return gmm((F.silu(gate) * up).contiguous(), w_out.to(dt), sizes)  # (n, d)
+
+
+def _check_aligned_dims(name: str, d_model: int, d_expert: int) -> None:
+    # Grouped GEMM kernels need 16-byte aligned row strides: 8 elements in bf16.
+    for field_name, v in (("model.d_model", d_model), ("model.moe.d_expert (or d_ff)", d_expert)):
+        if v % 8:
+            raise ValueError(f"expert backend '{name}' needs {field_name}={v} to be a multiple of 8; "
+                             "change it or use hardware.expert_backend=loop")
 
 
 def _check_grouped_mm(d_model: int, d_expert: int) -> None:
     if grouped_mm_fn() is None:
         raise RuntimeError("expert backend 'grouped_mm' needs torch >= 2.8 (torch._grouped_mm); use 'loop'")
-    # Grouped GEMM kernels need 16-byte aligned row strides: 8 elements in bf16.
-    for name, v in (("model.d_model", d_model), ("model.moe.d_expert (or d_ff)", d_expert)):
-        if v % 8:
-            raise ValueError(f"expert backend 'grouped_mm' needs {name}={v} to be a multiple of 8; "
-                             "change it or use hardware.expert_backend=loop")
+    _check_aligned_dims("grouped_mm", d_model, d_expert)
+
+
+def _check_megablocks(d_model: int, d_expert: int) -> None:
+    require_package("expert", "megablocks", "grouped_gemm",
+                    "pip install megablocks (or just its kernels: pip install grouped_gemm)",
+                    "hardware.expert_backend=grouped_mm (PyTorch's own grouped GEMM) or loop")
+    _check_aligned_dims("megablocks", d_model, d_expert)
 
 
 EXPERT_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
     "loop": loop_experts,
     "grouped_mm": grouped_mm_experts,
+    "megablocks": megablocks_experts,
 }
-_BACKEND_CHECKS = {"grouped_mm": _check_grouped_mm}
+_BACKEND_CHECKS = {"grouped_mm": _check_grouped_mm, "megablocks": _check_megablocks}
 
 
 def get_expert_backend(name: str, d_model: int, d_expert: int) -> Callable[..., torch.Tensor]:
@@ -147,7 +239,8 @@ class MoE(nn.Module):
         expert_of = r.expert_idx.reshape(-1)                      # (n*k,)
         order = expert_of.argsort(stable=True)
         token_of = order // k                                      # source token of each sorted row
-        counts = torch.bincount(expert_of, minlength=E)            # (E,)
+        # A static-size count: bincount's data-dependent output size breaks torch.compile graphs.
+        counts = expert_of.new_zeros(E).scatter_add_(0, expert_of, torch.ones_like(expert_of))  # (E,)
         y_sorted = self.experts(flat[token_of], counts, self.w_in, self.w_out)  # (n*k, d)
         gates = r.weights.reshape(-1)[order].unsqueeze(-1).to(y_sorted.dtype)
         # Under autocast the experts return bf16 while the residual stream stays fp32.

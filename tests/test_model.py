@@ -458,8 +458,8 @@ def test_unknown_attention_backend_lists_valid():
 
 
 def test_unknown_expert_backend_lists_valid():
-    with pytest.raises(ValueError, match="megablocks") as e:
-        build(tiny(moe=MoEConfig(num_experts=4)), experts="megablocks")
+    with pytest.raises(ValueError, match="scattermoe") as e:
+        build(tiny(moe=MoEConfig(num_experts=4)), experts="scattermoe")
     assert "loop" in str(e.value) and "grouped_mm" in str(e.value)
 
 

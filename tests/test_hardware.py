@@ -1,0 +1,159 @@
+"""training/hardware.py: kernel checks before building (backend x device x dtype x shape),
+autocast, the per-block wrappers, the stated peak FLOP/s and MFU, and their place in a
+training run. CPU only, except the marked GPU twin."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from models import ModelConfig, MoEConfig, Transformer
+from models.backends import BackendUnavailableError
+from parametrization import ParametrizationConfig, build_parametrization
+from training.config import HardwareConfig
+from training.hardware import (
+    apply_compile, attention_support, autocast, check_kernels, mfu, nominal_peak_tflops, peak_flops, setup_torch,
+)
+from training.io import read_jsonl
+
+CPU = torch.device("cpu")
+
+
+def has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def cfg(moe: bool = True, **kw) -> ModelConfig:
+    base = dict(d_model=32, n_layers=2, n_heads=2, vocab_size=64, seq_len=16)
+    return ModelConfig(moe=MoEConfig(num_experts=4, top_k=2, d_expert=16) if moe else MoEConfig(), **{**base, **kw})
+
+
+# ---- kernel checks ------------------------------------------------------------------------
+
+def test_default_cpu_config_passes_checks():
+    hw = HardwareConfig()  # cpu, float32, sdpa, grouped_mm
+    assert setup_torch(hw, cfg()) == CPU
+    check_kernels(HardwareConfig(attention_backend="eager", expert_backend="loop"), cfg(), CPU)
+
+
+@pytest.mark.parametrize("backend", ["sdpa_flash", "sdpa_cudnn"])
+def test_cuda_only_attention_rejected_on_cpu_listing_what_runs(backend):
+    with pytest.raises(BackendUnavailableError, match="CUDA") as e:
+        setup_torch(HardwareConfig(attention_backend=backend), cfg(moe=False))
+    assert "eager, sdpa" in str(e.value) and backend in str(e.value)
+
+
+@pytest.mark.parametrize("dtype, d_head, needle", [
+    (torch.float32, 64, "bfloat16"), (torch.bfloat16, 512, "head size"), (torch.bfloat16, 60, "multiple of 8"),
+])
+def test_flash_rules_need_half_precision_and_head_size(monkeypatch, dtype, d_head, needle):
+    """The CUDA rules themselves, with the device faked as an H100 (sm90)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.backends.cuda, "is_flash_attention_available", lambda: True)
+    why = attention_support("sdpa_flash", torch.device("cuda"), dtype, d_head)
+    assert why is not None and needle in why
+    assert attention_support("sdpa_flash", torch.device("cuda"), torch.bfloat16, 128) is None
+
+
+def test_old_gpu_rejected_for_fused_attention(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    why = attention_support("sdpa_cudnn", torch.device("cuda"), torch.bfloat16, 64)
+    assert why is not None and "compute capability" in why
+
+
+def test_compiled_grouped_mm_needs_bf16():
+    with pytest.raises(BackendUnavailableError, match="bfloat16") as e:
+        check_kernels(HardwareConfig(compile=True), cfg(), CPU)
+    assert "loop" in str(e.value)  # names what would run
+    check_kernels(HardwareConfig(compile=True, dtype="bfloat16"), cfg(), CPU)
+    check_kernels(HardwareConfig(compile=True), cfg(moe=False), CPU)  # dense: no experts to check
+
+
+@pytest.mark.skipif(has("grouped_gemm") or has("flash_attn"), reason="optional kernels installed here")
+@pytest.mark.parametrize("field, value, install", [
+    ("expert_backend", "megablocks", "pip install megablocks"),
+    ("attention_backend", "flash_attn", "pip install flash-attn"),
+])
+def test_missing_optional_package_fails_before_building(field, value, install):
+    with pytest.raises(BackendUnavailableError, match=install):
+        setup_torch(HardwareConfig(**{field: value}), cfg())
+
+
+def test_unknown_backend_names_still_list_valid_ones():
+    with pytest.raises(ValueError, match="sdpa_cudnn"):
+        setup_torch(HardwareConfig(attention_backend="flash3"))
+    with pytest.raises(ValueError, match="megablocks"):
+        setup_torch(HardwareConfig(expert_backend="scattermoe"))
+
+
+# ---- autocast and wrappers ------------------------------------------------------------------
+
+def test_autocast_is_off_for_fp32_and_bf16_otherwise():
+    x = torch.randn(4, 4)
+    with autocast(HardwareConfig(dtype="float32"), CPU):
+        assert (x @ x).dtype == torch.float32
+    with autocast(HardwareConfig(dtype="bfloat16"), CPU):
+        assert (x @ x).dtype == torch.bfloat16
+
+
+def test_activation_checkpointing_wraps_forward_without_renaming_anything():
+    c = cfg()
+    param = build_parametrization(ParametrizationConfig(), c)
+    model = Transformer(c, param, "sdpa", "grouped_mm")
+    keys = list(model.state_dict())
+    apply_compile(model, HardwareConfig(activation_checkpointing=True))
+    assert list(model.state_dict()) == keys
+    assert all("checkpoint" in repr(b.forward) for b in model.blocks)
+    plain = Transformer(c, param, "sdpa", "grouped_mm")
+    apply_compile(plain, HardwareConfig())
+    assert all("checkpoint" not in repr(b.forward) for b in plain.blocks)
+
+
+# ---- peak FLOP/s and MFU --------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, key, tflops", [
+    ("NVIDIA H100 80GB HBM3", "H100", 989.0), ("NVIDIA H100 PCIe", "H100 PCIe", 756.0),
+    ("NVIDIA H200", "H200", 989.0), ("NVIDIA A100-SXM4-80GB", "A100", 312.0), ("NVIDIA RTX A1000", None, None),
+])
+def test_nominal_peak_table(name, key, tflops):
+    assert nominal_peak_tflops(name) == ((key, tflops) if key else None)
+
+
+def test_cpu_peak_is_measured_fp32_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    p = peak_flops(CPU, size=128)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert p["peak_tflops"] == p["measured_tflops"] > 0
+    assert p["peak_source"].startswith("measured fp32 matmul 128^3") and p["nominal_tflops"] is None
+
+
+def test_mfu_is_model_flops_over_peak_per_device():
+    m = mfu(tokens_per_s=1e4, flops_per_token=6e9, peak_tflops=989.0, world_size=2)
+    assert m["tflops"] == pytest.approx(30.0) and m["mfu"] == pytest.approx(30.0 / 989.0)
+
+
+def test_train_logs_mfu_and_states_its_peak(tiny):
+    summary = train.run(tiny("train.steps=4", "logging.log_every=2", "train.eval_every=4"))
+    run_dir = Path(summary["run_dir"])
+    peak = json.loads((run_dir / "peak_flops.json").read_text())
+    assert peak["peak_source"].startswith("measured fp32 matmul") and peak["peak_tflops"] > 0
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r]
+    assert rows and all(r["mfu"] > 0 and r["tflops"] > 0 for r in rows)
+    r = rows[-1]
+    assert r["tflops"] == pytest.approx(r["tokens_per_s"] * summary["flops_per_token"] / 1e12)
+    assert r["mfu"] == pytest.approx(r["tflops"] / peak["peak_tflops"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_peak_states_nominal_and_measures_bf16():
+    dev = torch.device("cuda")
+    p = peak_flops(dev, size=4096)
+    assert p["measured_tflops"] > 10  # any sm80+ GPU: far above this in bf16
+    if nominal_peak_tflops(torch.cuda.get_device_name(dev)):
+        assert p["peak_source"].startswith("nominal") and p["peak_tflops"] == p["nominal_tflops"]
+        assert p["measured_tflops"] < 1.1 * p["nominal_tflops"]  # a measurement above the datasheet is wrong
