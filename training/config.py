@@ -3,7 +3,7 @@ key or a wrong type is an error, and `to_object` runs every dataclass's validati
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -67,16 +67,13 @@ class RunConfig:
 
 @dataclass
 class SweepConfig:
-    """A grid over model sizes x learning rates (x seeds), run by `experiments.sweep`."""
-    enabled: bool = False
+    """A sweep is a Hydra multirun (the grid lives in `hydra.sweeper.params`, see
+    configs/experiment/fit_grid.yaml); these fields say where its jobs report and what
+    training/sweep.py does when the multirun ends."""
+    enabled: bool = False             # jobs append their rows to <dir>/results.jsonl; crashes become rows
     dir: str = "sweeps/default"
-    models: List[str] = field(default_factory=list)      # model preset names (configs/model/*.yaml)
-    lrs: List[float] = field(default_factory=list)
-    lr_grid: Optional[Any] = None                        # per-model LR lists: {preset: [lr, ...]}
-    seeds: List[int] = field(default_factory=lambda: [0])
-    jobs: int = 1                                        # local parallel processes
-    fit: bool = True                                     # fit the laws at the end
-    extrapolate_tokens: List[float] = field(default_factory=list)
+    fit: bool = True                  # fit the laws (analysis/) when the multirun ends
+    extrapolate_tokens: List[float] = field(default_factory=list)  # Eq. 4 horizons to add optima at
 
 
 @dataclass
@@ -92,6 +89,13 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     experiment: str = ""              # set by configs/experiment/*.yaml (their name)
+
+    def __post_init__(self) -> None:
+        """Checks that span several groups (each group validates itself)."""
+        if self.schedule.decay_branches and self.optim.horizon_beta:
+            raise ValueError("schedule.decay_branches with optim.horizon_beta != 0: the horizon rule sets one LR "
+                             "for the whole run, so a branch would not equal a separate run to its budget; "
+                             "use one of the two")
 
 
 def register_configs() -> None:

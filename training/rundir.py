@@ -29,6 +29,7 @@ def config_hash(cfg: DictConfig) -> str:
         d.pop(k, None)
     for k in NON_SEMANTIC_HARDWARE:
         d.get("hardware", {}).pop(k, None)
+    d.get("data", {}).pop("cache_dir", None)  # where tokens are cached, not which tokens
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -44,7 +45,10 @@ def git_state() -> dict:
         except (OSError, subprocess.SubprocessError):
             return ""
     commit = git("rev-parse", "HEAD").strip()
-    return {"commit": commit or None, "dirty": bool(git("status", "--porcelain").strip()), "diff": git("diff", "HEAD")}
+    status = git("status", "--porcelain").splitlines()
+    return {"commit": commit or None, "dirty": bool(status), "diff": git("diff", "HEAD"),
+            # untracked files are not in the diff: name them so the record is honest about it
+            "untracked": [line[3:] for line in status if line.startswith("??")]}
 
 
 def environment() -> dict:
