@@ -20,41 +20,48 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import TokenLoader, build_corpus, val_batches
 from models import Transformer
-from optim import GroupLR, build_optimizer, build_schedule, wsd, wsd_decay_steps
+from optim import GroupLR, build_optimizer, build_schedule, horizon_lr, wsd
 from parametrization import build_parametrization, format_param_table, init_weights, param_table
 from training import distributed
 from training.config import Config, register_configs, to_object
-from training.hardware import apply_compile, autocast, fused_optimizer, setup_torch
+from training.hardware import apply_compile, autocast, fused_optimizer, mfu, peak_flops, setup_torch
 from training.io import write_json
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import find_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
 from training.loop import StepContext, TrainState, diverged, evaluate, moe_stats, run_decay_branch, train_step
 from training.metrics import MetricsLogger, progress
-from training.probes import run_probes
+from training.io import read_jsonl
+from training.probes import run_probes, snapshot_weights, summarize_probes
 from training.rundir import config_hash, run_dir_for, write_run_metadata
 from training.summary import branch_plan, existing_summary, make_summary, record_sweep_rows
 
 register_configs()
 
 
+def say(world: distributed.World, msg: str) -> None:
+    """Console messages come from rank 0 only."""
+    if world.is_main:
+        print(f"[train] {msg}", file=sys.stderr)
+
+
 def run(dcfg: DictConfig) -> dict:
     """Train (or resume, or skip if already finished) the run that `dcfg` describes."""
     cfg: Config = to_object(dcfg)
     world = distributed.init(cfg.hardware)
-    run_dir = distributed.agree_on_path(run_dir_for(dcfg), world)
-    done = existing_summary(run_dir, cfg.run.resume)
+    run_dir = distributed.on_main(lambda: run_dir_for(dcfg), world)  # rank 0 decides, all ranks agree
+    done = distributed.on_main(lambda: existing_summary(run_dir, cfg.run.resume), world)
     if done is not None:
-        print(f"[train] {run_dir} already finished ({done['status']}); skipping", file=sys.stderr)
+        say(world, f"{run_dir} already finished ({done['status']}); skipping")
         return done
 
     # ---- data ------------------------------------------------------------------------
-    device = setup_torch(cfg.hardware)
+    device = setup_torch(cfg.hardware, cfg.model)  # also checks the kernels against device and dtype
     corpus = build_corpus(cfg.data)
     if corpus.vocab_size > cfg.model.vocab_size:
         raise ValueError(f"tokenizer has {corpus.vocab_size} tokens but model.vocab_size={cfg.model.vocab_size}; "
                          "raise model.vocab_size (or data.tokenizer.vocab_size)")
     T, B = cfg.model.seq_len, cfg.train.batch_size
     loader = TokenLoader(corpus.train, T, B, seed=cfg.train.seed, rank=world.rank, world_size=world.size)
-    val = val_batches(corpus.val, T, B, cfg.train.eval_batches)
+    val = distributed.rank_rows(val_batches(corpus.val, T, B, cfg.train.eval_batches), world)
     tokens_per_step = B * T
 
     # ---- model, parametrization, optimizer --------------------------------------------
@@ -63,31 +70,35 @@ def run(dcfg: DictConfig) -> dict:
     init_weights(core, param, seed=cfg.train.seed)
     core.to(device)
     table = param_table(core, param)
+    model = distributed.wrap(apply_compile(core, cfg.hardware), cfg.hardware, world)
+    # After wrapping: FSDP2 replaces the parameters by sharded DTensors (same names, same table).
+    base_lr = horizon_lr(cfg.optim, cfg.train.steps * tokens_per_step)  # optim.lr, or its token-horizon transfer
     optimizer = build_optimizer(core, table, cfg.optim, tokens_per_step, cfg.train.steps * tokens_per_step,
                                 fused=fused_optimizer(cfg.hardware, device))
     schedule = GroupLR(optimizer, build_schedule(cfg.schedule, cfg.train.steps))
-    model = distributed.wrap(apply_compile(core, cfg.hardware), cfg.hardware, world)
     ctx = StepContext(model, core, optimizer, schedule, autocast(cfg.hardware, device), device,
                       cfg.train.micro_batch_size, cfg.optim.grad_clip)
     branches = branch_plan(cfg.schedule, cfg.train.steps, tokens_per_step)
 
     # ---- run directory, resume ------------------------------------------------------------
     counts, flops_per_token = cfg.model.param_counts(), cfg.model.flops_per_token()
+    peak = peak_flops(device)  # what MFU divides by: nominal GPU peak, or the measured CPU matmul rate
     name = run_dir.name
     logger = MetricsLogger(run_dir, cfg.logging, OmegaConf.to_container(dcfg, resolve=True), name,
                            enabled=world.is_main)
-    state, ckpt = TrainState(), run_dir / "checkpoint.pt"
-    if ckpt.exists():
+    state, ckpt = TrainState(), distributed.on_main(lambda: find_checkpoint(run_dir), world)
+    if ckpt is not None:
         state = load_checkpoint(ckpt, core, optimizer, loader)
         logger.truncate_after(state.step)
-        print(f"[train] resumed {run_dir} at step {state.step}", file=sys.stderr)
+        say(world, f"resumed {run_dir} at step {state.step}")
     elif world.is_main:
         write_run_metadata(run_dir, dcfg, corpus.fingerprint, table)
+        write_json(run_dir / "peak_flops.json", peak)
         if cfg.logging.print_param_table:
             print(format_param_table(table), file=sys.stderr)
-    print(f"[train] {name}: N total {counts['n_total']:,} active {counts['n_active']:,} "
-          f"non-embedding {counts['n_active_nonembed']:,}; {cfg.train.steps} steps x {tokens_per_step} tokens; "
-          f"run dir {run_dir}", file=sys.stderr)
+    say(world, f"{name}: N total {counts['n_total']:,} active {counts['n_active']:,} non-embedding "
+        f"{counts['n_active_nonembed']:,}; {cfg.train.steps} steps x {tokens_per_step} tokens on {world.size} "
+        f"rank(s); run dir {run_dir}")
 
     # ---- the loop -------------------------------------------------------------------------
     bar = progress(cfg.train.steps, state.step, cfg.logging.progress and world.is_main)
@@ -102,6 +113,8 @@ def run(dcfg: DictConfig) -> dict:
                 state.branches.append(res)
                 state.branch_tokens += (end - start) * tokens_per_step
                 logger.log({"step": step, "branch_tokens": res["tokens"], "branch_val_loss": res["val_loss"]})
+        probe_now = cfg.train.probe_every and (step + 1) % cfg.train.probe_every == 0
+        weights0 = snapshot_weights(core) if probe_now else None  # probe/update_rel: W before this step
         t0 = time.perf_counter()
         x, y = loader.batch(step)
         m = train_step(ctx, x, y, step)
@@ -110,15 +123,17 @@ def run(dcfg: DictConfig) -> dict:
             state.initial_loss = m["loss"]
         if diverged(m["loss"], state, cfg.train.divergence_factor):
             state.status = "diverged"
-            print(f"[train] diverged at step {step}: loss {m['loss']:.4g}", file=sys.stderr)
+            say(world, f"diverged at step {step}: loss {m['loss']:.4g}")
             break
         row = {"step": state.step, "tokens": state.tokens, "train_loss": m["loss"], "aux_loss": m["aux_loss"],
-               "lr": cfg.optim.lr * m["lr_factor"], "grad_norm": m["grad_norm"],
+               "lr": base_lr * m["lr_factor"], "grad_norm": m["grad_norm"],
                "tokens_per_s": tokens_per_step / (time.perf_counter() - t0)}
+        row.update(mfu(row["tokens_per_s"], flops_per_token, peak["peak_tflops"], world.size))  # tflops, mfu
         if state.step % cfg.logging.log_every == 0 or state.step == cfg.train.steps:
             logger.log({**row, **moe_stats(core)})
-        if cfg.train.probe_every and state.step % cfg.train.probe_every == 0:
-            logger.log({"step": state.step, **run_probes(core, x, ctx)})
+        if probe_now:
+            with distributed.unsharded(core):  # probes read weights directly
+                logger.log({"step": state.step, **run_probes(core, x, ctx, weights0)})
         if state.step % cfg.train.eval_every == 0 or state.step == cfg.train.steps:
             state.last_val_loss = evaluate(model, val, device, ctx.autocast)
             state.best_val_loss = min(state.best_val_loss, state.last_val_loss)
@@ -128,8 +143,7 @@ def run(dcfg: DictConfig) -> dict:
                         tok_s=f"{row['tokens_per_s']:.0f}")
         state.wall_time_s = wall0 + time.perf_counter() - t_start
         if cfg.train.ckpt_every and state.step % cfg.train.ckpt_every == 0 and state.step < cfg.train.steps:
-            if world.is_main:
-                save_checkpoint(ckpt, core, optimizer, loader, state)
+            save_checkpoint(run_dir, core, optimizer, loader, state, world)  # collective
     bar.close()
 
     # ---- finish ---------------------------------------------------------------------------
@@ -138,27 +152,28 @@ def run(dcfg: DictConfig) -> dict:
     state.wall_time_s = wall0 + time.perf_counter() - t_start
     summary = make_summary(cfg, dcfg, state, counts, flops_per_token, tokens_per_step, corpus.fingerprint,
                            config_hash(dcfg))
+    keep = cfg.run.keep_checkpoint and state.status == "completed"
+    if keep:
+        save_checkpoint(run_dir, core, optimizer, loader, state, world)
     if world.is_main:
-        if cfg.run.keep_checkpoint and state.status == "completed":
-            save_checkpoint(ckpt, core, optimizer, loader, state)
-        elif ckpt.exists():
-            ckpt.unlink()
+        if not keep:
+            remove_checkpoint(run_dir)
+        summary["stability"] = summarize_probes(read_jsonl(run_dir / "metrics.jsonl"))
         write_json(run_dir / "summary.json", summary)
         if cfg.sweep.enabled:
             record_sweep_rows(Path(cfg.sweep.dir), summary)
     logger.close()
-    print(f"[train] {state.status}: final val loss {summary['final_val_loss']}, "
-          f"{state.wall_time_s:.0f} s, summary in {run_dir / 'summary.json'}", file=sys.stderr)
+    say(world, f"{state.status}: final val loss {summary['final_val_loss']}, {state.wall_time_s:.0f} s, "
+        f"summary in {run_dir / 'summary.json'}")
     return summary
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
-def main(dcfg: DictConfig) -> None:
+def main(dcfg: DictConfig) -> dict:
     if dcfg.sweep.enabled:
         from training.summary import run_sweep_job
-        run_sweep_job(run, dcfg)  # a crash is recorded as a data point and the sweep goes on
-    else:
-        run(dcfg)
+        return run_sweep_job(run, dcfg)  # a crash is recorded as a data point and the sweep goes on
+    return run(dcfg)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Weight-decay modes are all expressed as the per-group `weight_decay` of PyTorch's
 (coupled) AdamW, whose step is p <- p - lr_group(t) * wd_group * p:
-  coupled      wd_group = lambda * wd_mult           (decay ~ lr_group * lambda; Loshchilov & Hutter 2019)
+  coupled      wd_group = lambda * wd_mult           (decay ~ lr_group * lambda; Loshchilov & Hutter 2019;
+                                                       with parametrization.wd_convention=mup, wd_mult =
+                                                       1/lr_mult keeps eta*lambda fixed: mup's MuAdamW)
   independent  wd_group = lambda * wd_mult / lr0_g    (decay ~ schedule factor * lambda, independent of
                                                        the group LR; Wortsman et al., arXiv 2309.14322)
   timescale    wd_group = wd_mult / (lr0_g * tau)     (per-step decay eta*lambda = 1/tau_iter fixed, with
@@ -42,6 +44,15 @@ def group_weight_decay(cfg: OptimConfig, wd_mult: float, group_lr: float, tokens
     return wd_mult / (group_lr * tau_iters)
 
 
+def check_wd_convention(cfg: OptimConfig, table: list[dict]) -> None:
+    """The `mup` convention (wd_mult = 1/lr_mult, mup's MuAdamW) keeps eta*lambda fixed only
+    under coupled decay; the other modes already make the decay independent of the group LR."""
+    if cfg.weight_decay_mode != "coupled" and any(r.get("wd_convention") == "mup" for r in table):
+        raise ValueError(f"parametrization.wd_convention=mup rescales weight decay for coupled AdamW decay, but "
+                         f"optim.weight_decay_mode={cfg.weight_decay_mode} does not couple decay to the group LR; "
+                         "use optim.weight_decay_mode=coupled or parametrization.wd_convention=none")
+
+
 def validate_optim(cfg: OptimConfig) -> None:
     if cfg.name != "adamw":
         raise ValueError(f"optim.name='{cfg.name}' is unknown; valid: adamw")
@@ -60,6 +71,7 @@ def build_param_groups(model: nn.Module, table: list[dict], cfg: OptimConfig, ba
     missing = set(params) ^ {r["name"] for r in table}
     if missing:
         raise ValueError(f"parameter table and model disagree on: {sorted(missing)[:5]}")
+    check_wd_convention(cfg, table)
     groups: OrderedDict[tuple, dict] = OrderedDict()
     for r in table:
         key = (r["lr_mult"], r["wd_mult"], r["eps_mult"])

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from .base import HIDDEN_ROLES, ParamSpec, Parametrization, Role, role_of, role_param
-from .config import ParametrizationConfig
+from .config import WD_CONVENTIONS, ParametrizationConfig
+from .depth import IN_BLOCK_ROLES, DepthRules
 from .mup import MuParametrization
 from .standard import StandardParametrization
 
@@ -30,8 +31,11 @@ def param_table(model: nn.Module, param: Parametrization) -> list[dict]:
     for name, p in model.named_parameters():
         role = role_of(name, p)
         s = param.spec(role, tuple(p.shape))
+        # wd_convention travels with wd_mult: `mup` multipliers assume coupled AdamW decay,
+        # which the optimizer checks (optim/groups.py).
         rows.append(dict(name=name, role=role.value, shape=list(p.shape), init_std=s.init_std,
-                         lr_mult=s.lr_mult, wd_mult=s.wd_mult, eps_mult=s.eps_mult))
+                         lr_mult=s.lr_mult, wd_mult=s.wd_mult, eps_mult=s.eps_mult,
+                         wd_convention=param.wd_convention))
     return rows
 
 
@@ -68,7 +72,8 @@ def format_param_table(rows: list[dict]) -> str:
 
 
 __all__ = [
-    "HIDDEN_ROLES", "PARAMETRIZATIONS", "ParamSpec", "Parametrization", "ParametrizationConfig",
+    "HIDDEN_ROLES", "IN_BLOCK_ROLES", "PARAMETRIZATIONS", "WD_CONVENTIONS", "DepthRules", "ParamSpec",
+    "Parametrization", "ParametrizationConfig",
     "Role", "build_parametrization", "format_param_table", "init_weights", "param_table",
     "role_of", "role_param",
 ]

@@ -90,6 +90,7 @@ class Parametrization:
     output_mult: float = 1.0
     router_mult: float = 1.0
     residual_mult: float = 1.0
+    wd_convention: str = "none"   # "mup": wd_mult = 1/lr_mult, which assumes coupled AdamW decay
 
     def attn_scale(self, d_head: int) -> float:
         return 1.0 / math.sqrt(d_head)

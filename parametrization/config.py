@@ -1,7 +1,15 @@
-"""Parametrization config: which rule set, and its base shapes."""
+"""Parametrization config: which rule set, and its base shapes.
+
+Defaults reproduce plain SP (name=sp) and plain muP (name=mup): depth rules off
+(depth_alpha=0) and weight decay not rescaled (wd_convention=none). Depth rules compose
+with either width rule set (sp + depth_alpha=1 is SP width with CompleteP depth; mup +
+depth_alpha=1 is CompleteP). Invalid values are refused when the config is built.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+WD_CONVENTIONS = ("none", "mup")
 
 
 @dataclass
@@ -13,3 +21,28 @@ class ParametrizationConfig:
     scale_out_init_by_depth: bool = True  # output projections init x 1/sqrt(2L) (GPT-2, Radford et al. 2019)
     output_zero_init: bool = False   # unembedding starts at zero (muP option, Yang et al. 2022 Sec. D.2)
     router_zero_init: bool = False   # router starts at zero (uniform routing at step 0)
+    depth_alpha: float = 0.0         # residual branches x (L0/L)^alpha: 1 CompleteP, 0.5 Depth-muP, 0 = no depth rules
+    base_n_layers: int = 4           # L0, the depth the LR was tuned at (used only when depth_alpha > 0)
+    wd_convention: str = "none"      # none | mup: decayed params get wd_mult = 1/lr_mult so eta*lambda is fixed
+                                     # (mup's MuAdamW; needs optim.weight_decay_mode=coupled)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject impossible values at config time, naming the field and how to fix it."""
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(msg)
+
+        need(self.init_std > 0, f"parametrization.init_std={self.init_std} must be positive (sigma of the init)")
+        need(self.base_d_model > 0, f"parametrization.base_d_model={self.base_d_model} must be positive "
+             "(the width the LR was tuned at)")
+        need(self.base_d_head >= 0, f"parametrization.base_d_head={self.base_d_head} must be >= 0 "
+             "(0 = base_d_model / n_heads)")
+        need(0.0 <= self.depth_alpha <= 1.0, f"parametrization.depth_alpha={self.depth_alpha} must be in [0, 1] "
+             "(1 = CompleteP, 0.5 = Depth-muP, 0 = no depth rules)")
+        need(self.base_n_layers > 0, f"parametrization.base_n_layers={self.base_n_layers} must be positive "
+             "(the depth L0 the LR was tuned at)")
+        need(self.wd_convention in WD_CONVENTIONS, f"parametrization.wd_convention='{self.wd_convention}' is "
+             f"unknown; valid: {', '.join(WD_CONVENTIONS)}")

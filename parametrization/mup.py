@@ -3,6 +3,21 @@
 Source: Yang et al. 2022, "Tensor Programs V" (arXiv 2203.03466), Table 3, and the
 `mup` library's conventions (MuReadout output multiplier, MuAdam LR scaling).
 At width multiplier m = 1 every number equals the standard parametrization's.
+
+Role by role (PAPER.md Sec. 3 table), with m = d_model / base_d_model:
+  embedding            init sigma, LR eta                    (TP-V Table 3, input weights)
+  attn_qkv, attn_out,  init var sigma^2/m, LR eta/m,         (TP-V Table 3, hidden weights)
+  mlp_in/out,          Adam eps / m
+  expert_in/out        experts are hidden matrices because d_expert scales with d_model
+                       (PAPER.md Sec. 3 "Experts"); a fixed model.moe.d_expert breaks that
+  router               init sigma (or 0), logits x 1/m, LR eta: output-like (d_model -> E experts, E
+                       finite: TP-V Table 3 "output weights"), in the MuReadout form (effective var
+                       sigma^2/m^2); PAPER.md cites muP for MoE (arXiv 2508.09752) for the same
+                       treatment, whose table we could not read to confirm
+  unembedding          init sigma (or 0), logits x 1/m, LR eta (mup's MuReadout)
+  norm gains           1, LR eta, no decay
+  attention            softmax scale sqrt(base_d_head)/d_head (TP-V Sec. 4: 1/d)
+Depth rules and the weight-decay convention are applied on top (standard.py, depth.py).
 """
 from __future__ import annotations
 
@@ -40,8 +55,8 @@ class MuParametrization(StandardParametrization):
         # TP-V Sec. 4: 1/d attention; times sqrt(base_d_head) so muP == SP at base width.
         return math.sqrt(self.base_d_head) / d_head
 
-    def spec(self, role: Role, shape: tuple[int, ...]) -> ParamSpec:
-        base = super().spec(role, shape)
+    def width_spec(self, role: Role, shape: tuple[int, ...]) -> ParamSpec:
+        base = super().width_spec(role, shape)
         if not role.is_hidden:
             # Embedding, norms, router and unembedding: width-independent init and LR
             # (TP-V Table 3, "input weights & all biases" and "output weights" with
