@@ -24,6 +24,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,7 @@ def plot_transfer(df: pd.DataFrame, opt: pd.DataFrame, path: Path, *, axis: str,
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("final validation loss")
     axes[-1].legend(fontsize=8, title="★ grid optimum, × diverged", title_fontsize=7)
+    caption = "\n".join(textwrap.wrap(caption, width=int(60 * len(variants))))
     fig.suptitle(f"Fig. 3: μTransfer across {AXES[axis]}: loss vs peak LR per {axis}\n{caption}", fontsize=9)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=110)
