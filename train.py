@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data import TokenLoader, build_corpus, val_batches
@@ -24,12 +23,11 @@ from optim import GroupLR, build_optimizer, build_schedule, horizon_lr, wsd
 from parametrization import build_parametrization, format_param_table, init_weights, param_table
 from training import distributed
 from training.config import Config, register_configs, to_object
-from training.hardware import apply_compile, autocast, fused_optimizer, mfu, peak_flops, setup_torch
-from training.io import write_json
 from training.checkpoint import find_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
+from training.hardware import apply_compile, autocast, fused_optimizer, mfu, peak_flops, setup_torch
+from training.io import read_jsonl, write_json
 from training.loop import StepContext, TrainState, diverged, evaluate, moe_stats, run_decay_branch, train_step
 from training.metrics import MetricsLogger, progress
-from training.io import read_jsonl
 from training.probes import run_probes, snapshot_weights, summarize_probes
 from training.rundir import config_hash, run_dir_for, write_run_metadata
 from training.summary import branch_plan, existing_summary, make_summary, record_sweep_rows
@@ -72,9 +70,9 @@ def run(dcfg: DictConfig) -> dict:
     table = param_table(core, param)
     model = distributed.wrap(apply_compile(core, cfg.hardware), cfg.hardware, world)
     # After wrapping: FSDP2 replaces the parameters by sharded DTensors (same names, same table).
-    base_lr = horizon_lr(cfg.optim, cfg.train.steps * tokens_per_step)  # optim.lr, or its token-horizon transfer
     optimizer = build_optimizer(core, table, cfg.optim, tokens_per_step, cfg.train.steps * tokens_per_step,
                                 fused=fused_optimizer(cfg.hardware, device))
+    base_lr = horizon_lr(cfg.optim, cfg.train.steps * tokens_per_step)  # the LR the groups' multipliers scale
     schedule = GroupLR(optimizer, build_schedule(cfg.schedule, cfg.train.steps))
     ctx = StepContext(model, core, optimizer, schedule, autocast(cfg.hardware, device), device,
                       cfg.train.micro_batch_size, cfg.optim.grad_clip)
