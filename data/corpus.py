@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from .config import EOT_TOKEN, DataConfig, as_data_config, cache_root, validate_config
 from .sources import Doc, DocSource, corpus_fingerprint, get_source, in_val
-from .tokenizer import build_tokenizer, check_kind, load_tokenizer, tokenizer_key
+from .tokenizer import build_tokenizer, check_kind, file_sha256, load_tokenizer, tokenizer_key
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +235,6 @@ def _write_splits(cfg: DataConfig, source: DocSource, tok: Tokenizer, dtype: np.
 # cache build / open
 # ---------------------------------------------------------------------------------
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 @contextlib.contextmanager
 def _build_lock(path: Path) -> Iterator[bool]:
@@ -283,7 +276,7 @@ def _build_cache(cfg: DataConfig, source: DocSource, fp: Dict[str, Any], tok_key
             "fingerprint": fp,
             "tokenizer": asdict(cfg.tokenizer),
             "tokenizer_key": tok_key,
-            "tokenizer_sha256": _file_sha256(tmp / "tokenizer.json"),
+            "tokenizer_sha256": file_sha256(tmp / "tokenizer.json"),
             "tokenizers_version": tokenizers.__version__,
             "vocab_size": vocab_size,
             "eot_id": eot_id,
@@ -339,7 +332,7 @@ def open_cache(path: str | os.PathLike) -> TokenCorpus:
             size = f.stat().st_size
             if size != info["file_bytes"]:
                 raise corrupt(f"{f.name} has {size} bytes, meta.json says {info['file_bytes']}")
-            if verify and _file_sha256(f) != info["sha256"]:
+            if verify and file_sha256(f) != info["sha256"]:
                 raise corrupt(f"{f.name} does not match the sha256 recorded in meta.json")
             try:
                 arr = np.load(f, mmap_mode="r")
@@ -349,7 +342,7 @@ def open_cache(path: str | os.PathLike) -> TokenCorpus:
                 raise corrupt(f"{f.name} holds {arr.dtype}{arr.shape}, meta.json says {dtype}({info['n_tokens']},)")
             arrays[name] = arr
         tok_path = path / "tokenizer.json"
-        if not tok_path.is_file() or _file_sha256(tok_path) != meta["tokenizer_sha256"]:
+        if not tok_path.is_file() or file_sha256(tok_path) != meta["tokenizer_sha256"]:
             raise corrupt("tokenizer.json is missing or does not match the sha256 recorded in meta.json")
         return TokenCorpus(
             train=arrays["train"],

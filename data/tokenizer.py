@@ -110,10 +110,11 @@ def build_tokenizer(cfg: TokenizerConfig, train_texts: Callable[[], Iterator[str
     return TOKENIZERS[cfg.kind](cfg, train_texts)
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
 
@@ -128,7 +129,7 @@ def tokenizer_key(cfg: TokenizerConfig) -> str:
     check_kind(cfg)
     if cfg.kind == "files":
         vocab, merges = _tokenizer_files(cfg)
-        desc = {"kind": "files", "vocab": _file_sha256(vocab), "merges": _file_sha256(merges)}
+        desc = {"kind": "files", "vocab": file_sha256(vocab), "merges": file_sha256(merges)}
         label = "files"
     else:
         desc = {"kind": cfg.kind, "vocab_size": cfg.vocab_size, "train_max_bytes": cfg.train_max_bytes}
