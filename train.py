@@ -46,7 +46,7 @@ def run(dcfg: DictConfig) -> dict:
     cfg: Config = to_object(dcfg)
     world = distributed.init(cfg.hardware)
     run_dir = distributed.on_main(lambda: run_dir_for(dcfg), world)  # rank 0 decides, all ranks agree
-    done = distributed.on_main(lambda: existing_summary(run_dir, cfg.run.resume), world)
+    done = distributed.on_main(lambda: existing_summary(run_dir, cfg.run.resume, config_hash(dcfg)), world)
     if done is not None:
         say(world, f"{run_dir} already finished ({done['status']}); skipping")
         return done
@@ -90,6 +90,7 @@ def run(dcfg: DictConfig) -> dict:
         logger.truncate_after(state.step)
         say(world, f"resumed {run_dir} at step {state.step}")
     elif world.is_main:
+        logger.reset()  # a fresh start: rows left by an attempt that crashed before its first checkpoint go
         write_run_metadata(run_dir, dcfg, corpus.fingerprint, table)
         write_json(run_dir / "peak_flops.json", peak)
         if cfg.logging.print_param_table:
@@ -109,6 +110,7 @@ def run(dcfg: DictConfig) -> dict:
                                        cfg.train.divergence_factor, state)
                 res["tokens"] = end * tokens_per_step
                 state.branches.append(res)
+                done_budgets.add(end)
                 state.branch_tokens += (end - start) * tokens_per_step
                 logger.log({"step": step, "branch_tokens": res["tokens"], "branch_val_loss": res["val_loss"]})
         probe_now = cfg.train.probe_every and (step + 1) % cfg.train.probe_every == 0
@@ -154,10 +156,10 @@ def run(dcfg: DictConfig) -> dict:
     if keep:
         save_checkpoint(run_dir, core, optimizer, loader, state, world)
     if world.is_main:
+        summary["stability"] = summarize_probes(read_jsonl(run_dir / "metrics.jsonl"))
+        write_json(run_dir / "summary.json", summary)  # first: the summary is what marks the run done
         if not keep:
             remove_checkpoint(run_dir)
-        summary["stability"] = summarize_probes(read_jsonl(run_dir / "metrics.jsonl"))
-        write_json(run_dir / "summary.json", summary)
         if cfg.sweep.enabled:
             record_sweep_rows(Path(cfg.sweep.dir), summary)
     logger.close()

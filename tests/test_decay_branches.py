@@ -80,3 +80,10 @@ def test_diverged_run_reports_every_budget_it_missed():
     rows = summary_rows(summary)
     assert [(r["tokens"], r["status"]) for r in rows] == [(200, "ok"), (400, "diverged"), (800, "diverged")]
     assert [r["branch"] for r in rows] == [0, 1, 2]
+
+
+def test_budgets_rounding_to_the_same_step_are_measured_once():
+    from optim import ScheduleConfig
+    from training.summary import branch_plan
+    cfg = ScheduleConfig(warmup_steps=2, decay_fraction=0.2, decay_branches=[10_000, 10_100, 20_000])
+    assert branch_plan(cfg, total_steps=100, tokens_per_step=1000) == [(8, 10), (16, 20)]

@@ -105,3 +105,18 @@ def test_missing_data_path_exits_nonzero_naming_the_field(tmp_path):
     p = run_cli("data=text_files", f"data.paths=[{tmp_path}/nothing_here/*.txt]", f"run.root={tmp_path}")
     assert p.returncode != 0
     assert "data.paths" in p.stderr + p.stdout
+
+
+def test_named_run_refuses_a_summary_of_another_config(tiny):
+    train.run(tiny("run.name=mine"))
+    with pytest.raises(FileExistsError, match="another config"):
+        train.run(tiny("run.name=mine", "optim.lr=0.01"))
+
+
+def test_fresh_start_owns_an_empty_metrics_log(tiny):
+    cfg = tiny("logging.log_every=1")
+    run_dir = train.run_dir_for(cfg)
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text('{"step": 99, "train_loss": 123.0}\n')  # a crashed attempt's rows
+    train.run(cfg)
+    assert sorted(train_losses(run_dir)) == list(range(1, 9))

@@ -22,10 +22,17 @@ class MetricsLogger:
                                     dir=str(run_dir), id=run_name.replace("/", "_")[-64:], resume="allow")
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop rows logged after the checkpoint so no step appears twice."""
+        """On resume, drop rows logged after the checkpoint so no step appears twice. A decay
+        branch forking at the checkpoint's step runs again after it, so its row goes too."""
         if self.enabled and self.path.exists():
-            rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
+            rows = [r for r in read_jsonl(self.path)
+                    if r.get("step", 0) < step or (r.get("step", 0) == step and "branch_tokens" not in r)]
             write_text(self.path, "".join(dumps(r) + "\n" for r in rows))
+
+    def reset(self) -> None:
+        """A run starting from step 0 owns an empty log."""
+        if self.enabled and self.path.exists():
+            write_text(self.path, "")
 
     def log(self, row: dict) -> None:
         if not self.enabled:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from optim import ScheduleConfig, wsd_decay_steps
+from optim import ScheduleConfig, horizon_lr, wsd_decay_steps
 
 from .io import dumps, write_json
 from .rundir import config_hash, run_dir_for
@@ -33,9 +33,14 @@ def branch_plan(cfg: ScheduleConfig, total_steps: int, tokens_per_step: int) -> 
     A branch to `end` forks where a separate WSD run of `end` steps would start its decay,
     so it measures L(N, η, D=end·tokens_per_step) without that run (PAPER.md §2).
     """
-    plan = []
+    plan, ends = [], set()
     for budget in sorted(set(cfg.decay_branches)):
         end = round(budget / tokens_per_step)
+        if end in ends:
+            print(f"[train] schedule.decay_branches: budget {budget} tokens rounds to step {end} like an "
+                  "earlier budget; measured once", file=sys.stderr)
+            continue
+        ends.add(end)
         if end < 1:
             raise ValueError(f"schedule.decay_branches: budget {budget} tokens is less than one step "
                              f"({tokens_per_step} tokens)")
@@ -54,8 +59,11 @@ def branch_plan(cfg: ScheduleConfig, total_steps: int, tokens_per_step: int) -> 
     return plan
 
 
-def existing_summary(run_dir: Path, resume: str) -> dict | None:
-    """A finished run's summary (so re-running is a no-op), or None to (re)start it."""
+def existing_summary(run_dir: Path, resume: str, chash: str | None = None) -> dict | None:
+    """A finished run's summary (so re-running is a no-op), or None to (re)start it.
+
+    A summary from another config (possible when run.name is set by hand) is an error,
+    never silently reused."""
     if resume not in ("auto", "never"):
         raise ValueError(f"run.resume='{resume}' is unknown; valid: auto, never")
     path = run_dir / "summary.json"
@@ -68,6 +76,9 @@ def existing_summary(run_dir: Path, resume: str) -> dict | None:
         except json.JSONDecodeError:
             print(f"[train] {path} is corrupt; the run will be resumed or redone", file=sys.stderr)
             return None
+        if chash and summary.get("config_hash") not in (None, chash):
+            raise FileExistsError(f"{run_dir} holds a run of another config (hash {summary.get('config_hash')}, "
+                                  f"this one {chash}); pick another run.name or leave it empty")
         # A crash may be transient (out of memory, a killed node): retry it. Diverged is data.
         return None if summary.get("status") == "failed" else summary
     return None
@@ -87,7 +98,8 @@ def make_summary(cfg, dcfg: DictConfig, state, counts: dict, flops_per_token: fl
         **counts,
         "d_model": cfg.model.d_model, "n_layers": cfg.model.n_layers,
         "num_experts": cfg.model.moe.num_experts, "top_k": cfg.model.moe.top_k if cfg.model.moe.num_experts else 0,
-        "lr": cfg.optim.lr,
+        "lr": cfg.optim.lr,           # the sweep axis (the LR at D0 when the horizon rule is on)
+        "peak_lr": horizon_lr(cfg.optim, cfg.train.steps * tokens_per_step),  # what the groups trained at
         "seed": cfg.train.seed,
         "batch_tokens": tokens_per_step,
         "steps": state.step,
@@ -137,6 +149,7 @@ def summary_rows(summary: dict) -> list[dict]:
     base = {k: summary[k] for k in ("config_hash", "model", "parametrization", "n_total", "n_active",
                                     "n_active_nonembed", "d_model", "n_layers", "num_experts", "top_k", "lr",
                                     "seed", "batch_tokens", "run_flops", "wall_time_s", "data_fingerprint")}
+    base["peak_lr"] = summary.get("peak_lr", summary["lr"])  # absent in summaries older than the field
     base["run_id"] = Path(summary["run_dir"]).name
     tokens_per_step = summary["batch_tokens"] or 0
     measurements = list(summary.get("branches", []))
