@@ -17,20 +17,20 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from data import TokenLoader, build_corpus, val_batches
-from models import Transformer
-from optim import GroupLR, build_optimizer, build_schedule, horizon_lr, wsd
-from parametrization import build_parametrization, format_param_table, init_weights, param_table
-from training import distributed
-from training.config import Config, register_configs, to_object
-from training.checkpoint import find_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
-from training.hardware import apply_compile, autocast, fused_optimizer, mfu, peak_flops, setup_torch
-from training.io import read_jsonl, write_json
-from training.loop import StepContext, TrainState, diverged, evaluate, moe_stats, run_decay_branch, train_step
-from training.metrics import MetricsLogger, progress
-from training.probes import run_probes, snapshot_weights, summarize_probes
-from training.rundir import config_hash, run_dir_for, write_run_metadata
-from training.summary import branch_plan, existing_summary, make_summary, record_sweep_rows
+from lrscale.data import TokenLoader, build_corpus, val_batches
+from lrscale.models import Transformer
+from lrscale.optim import GroupLR, build_optimizer, build_schedule, horizon_lr, wsd
+from lrscale.parametrization import build_parametrization, format_param_table, init_weights, param_table
+from lrscale.training import distributed
+from lrscale.training.config import Config, register_configs, to_object
+from lrscale.training.checkpoint import find_checkpoint, load_checkpoint, remove_checkpoint, save_checkpoint
+from lrscale.training.hardware import apply_compile, autocast, fused_optimizer, mfu, peak_flops, setup_torch
+from lrscale.training.io import read_jsonl, write_json
+from lrscale.training.loop import StepContext, TrainState, diverged, evaluate, moe_stats, run_decay_branch, train_step
+from lrscale.training.metrics import MetricsLogger, progress
+from lrscale.training.probes import run_probes, snapshot_weights, summarize_probes
+from lrscale.training.rundir import config_hash, run_dir_for, write_run_metadata
+from lrscale.training.summary import branch_plan, existing_summary, make_summary, record_sweep_rows
 
 register_configs()
 
@@ -171,7 +171,7 @@ def run(dcfg: DictConfig) -> dict:
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(dcfg: DictConfig) -> dict:
     if dcfg.sweep.enabled:
-        from training.summary import run_sweep_job
+        from lrscale.training.summary import run_sweep_job
         return run_sweep_job(run, dcfg)  # a crash is recorded as a data point and the sweep goes on
     return run(dcfg)
 

@@ -1,11 +1,11 @@
 """Fitting library for the Fitting paradigm of arXiv 2601.05049: load sweep results,
 fit Eq. 2 / Eq. 4 / Eq. 6, compare with published laws, draw the figures, write reports.
 
-    from analysis import load_results, fit_sweep, write_report
+    from lrscale.analysis import load_results, fit_sweep, write_report
     sf = fit_sweep(load_results("sweeps/fitting_sp"), "n_active_nonembed")
 """
 
-from analysis.fitting import (
+from lrscale.analysis.fitting import (
     DataFit,
     FitWarning,
     InsufficientDataError,
@@ -21,7 +21,7 @@ from analysis.fitting import (
     leave_one_size_out,
     search_cost,
 )
-from analysis.laws import (
+from lrscale.analysis.laws import (
     PUBLISHED_LAWS,
     PublishedLaw,
     bjorck_law,
@@ -29,8 +29,8 @@ from analysis.laws import (
     compare_exponents,
     rescale_law,
 )
-from analysis.report import write_report
-from analysis.results import N_KINDS, REQUIRED_COLUMNS, load_results, usable_mask
+from lrscale.analysis.report import write_report
+from lrscale.analysis.results import N_KINDS, REQUIRED_COLUMNS, load_results, usable_mask
 
 __all__ = [
     "DataFit", "FitWarning", "InsufficientDataError", "LawFit", "LrFit", "SearchCost",

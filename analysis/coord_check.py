@@ -50,10 +50,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import ModelConfig, MoEConfig, Transformer
-from optim import OptimConfig, build_optimizer
-from parametrization import ParametrizationConfig, build_parametrization, init_weights, param_table
-from training.probes import block_activations
+from lrscale.models import ModelConfig, MoEConfig, Transformer
+from lrscale.optim import OptimConfig, build_optimizer
+from lrscale.parametrization import ParametrizationConfig, build_parametrization, init_weights, param_table
+from lrscale.training.probes import block_activations
 
 # Flat = slope of log size vs log width in [-DEFAULT_TOL_BELOW, DEFAULT_TOL]. Asymmetric on purpose:
 # muP's finite-width corrections shrink like width^-1/2 and still show at widths of 32-512 trained on
@@ -120,7 +120,7 @@ def _batches(cc: CoordCheckConfig, n: int, seed: int) -> list[tuple[torch.Tensor
         g = torch.Generator().manual_seed(10_000 + seed)
         seqs = torch.randint(0, cc.vocab_size, (n, B, T + 1), generator=g)
     elif cc.data == "embedded":
-        from data import DataConfig, build_corpus
+        from lrscale.data import DataConfig, build_corpus
         corpus = build_corpus(DataConfig(source="embedded", max_bytes=2_000_000,
                                          tokenizer={"vocab_size": cc.vocab_size}))  # type: ignore[arg-type]
         toks = torch.as_tensor(np.asarray(corpus.train[: n * B * (T + 1) * 4], dtype=np.int64))

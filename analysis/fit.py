@@ -20,9 +20,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from analysis.fitting import InsufficientDataError, fit_sweep
-from analysis.report import write_report
-from analysis.results import N_KINDS, load_results
+from lrscale.analysis.fitting import InsufficientDataError, fit_sweep
+from lrscale.analysis.report import write_report
+from lrscale.analysis.results import N_KINDS, load_results
 
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 

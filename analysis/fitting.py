@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
-from analysis.results import N_KINDS, status_counts, usable_mask
+from lrscale.analysis.results import N_KINDS, status_counts, usable_mask
 
 
 class FitWarning(UserWarning):

@@ -18,8 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis.fitting import SearchCost, SweepFit
-from analysis.laws import PUBLISHED_LAWS, bjorck_law, choose_reference_point, rescale_law
+from lrscale.analysis.fitting import SearchCost, SweepFit
+from lrscale.analysis.laws import PUBLISHED_LAWS, bjorck_law, choose_reference_point, rescale_law
 
 
 def _fmt(x: float) -> str:

@@ -13,8 +13,8 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from analysis.fitting import SweepFit, _jsonable, summarize_loso
-from analysis.laws import choose_reference_point, compare_exponents
+from lrscale.analysis.fitting import SweepFit, _jsonable, summarize_loso
+from lrscale.analysis.laws import choose_reference_point, compare_exponents
 
 FIT_JSON = "fit.json"
 REPORT_MD = "report.md"
@@ -204,7 +204,7 @@ def write_report(sweep_dir, sweep_fit: SweepFit, meta: dict | None = None, *,
     "hardware" is printed on every figure. other_kinds: {n_kind: SweepFit} fitted with
     other ways of counting N, summarized in a table. Returns name -> path.
     """
-    from analysis.plots import plot_all  # matplotlib only when figures are drawn
+    from lrscale.analysis.plots import plot_all  # matplotlib only when figures are drawn
 
     sweep_dir = Path(sweep_dir)
     meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

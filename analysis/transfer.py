@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 from hydra.experimental.callback import Callback
 
-from analysis.fitting import InsufficientDataError, fit_lr_curve
-from analysis.results import load_results
+from lrscale.analysis.fitting import InsufficientDataError, fit_lr_curve
+from lrscale.analysis.results import load_results
 
 AXES = {"d_model": "width (d_model)", "n_layers": "depth (n_layers)"}
 
@@ -146,8 +146,8 @@ STABILITY_COLUMNS = ("loss_spikes", "grad_norm_max", "max_attn_logit_max", "logi
 def stability(sweep_dir: Path, df: pd.DataFrame) -> pd.DataFrame:
     """Per run, the stability summary of its metrics.jsonl (training/probes.py `summarize_probes`):
     the PAPER.md Sec. 5 figure 5 quantities, one row per (variant, size, lr)."""
-    from training.io import read_jsonl
-    from training.probes import summarize_probes
+    from lrscale.training.io import read_jsonl
+    from lrscale.training.probes import summarize_probes
 
     rows = []
     for r in df.to_dict("records"):
@@ -203,7 +203,7 @@ class TransferCallback(Callback):
         self.axis = axis
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
-        from training.sweep import hardware_line
+        from lrscale.training.sweep import hardware_line
         sweep_dir = Path(config.sweep.dir)
         try:
             write_transfer(sweep_dir, axis=self.axis, hardware=hardware_line(sweep_dir, config.hardware))

@@ -119,10 +119,10 @@ def shrink(case: Case, device: str | None, compile: bool | None) -> Case:
 # ---- one case ---------------------------------------------------------------------------
 
 def _build_ours(case: Case, cfg, device):
-    from models import Transformer
-    from parametrization import ParametrizationConfig, build_parametrization, init_weights
-    from training.config import HardwareConfig
-    from training.hardware import apply_compile, check_kernels
+    from lrscale.models import Transformer
+    from lrscale.parametrization import ParametrizationConfig, build_parametrization, init_weights
+    from lrscale.training.config import HardwareConfig
+    from lrscale.training.hardware import apply_compile, check_kernels
 
     hw = HardwareConfig(device=case.device, dtype=case.dtype, attention_backend=case.attention_backend,
                         expert_backend=case.expert_backend, compile=case.compile)
@@ -171,10 +171,10 @@ def measure(case: Case, steps: int, warmup: int) -> dict:
     """Build, warm up, time `steps` training steps; a row of numbers (or a skip/failure)."""
     import torch
 
-    from models import ModelConfig, MoEConfig
-    from models.backends import BackendUnavailableError
-    from training.config import HardwareConfig
-    from training.hardware import autocast
+    from lrscale.models import ModelConfig, MoEConfig
+    from lrscale.models.backends import BackendUnavailableError
+    from lrscale.training.config import HardwareConfig
+    from lrscale.training.hardware import autocast
 
     try:
         mdict = dict(case.model)
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from training.hardware import peak_flops
+    from lrscale.training.hardware import peak_flops
     suite = args.suite or ("gpu" if torch.cuda.is_available() else "cpu")
     cases = gpu_cases() if suite == "gpu" else cpu_cases()
     if args.tiny or args.device or args.no_compile:

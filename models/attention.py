@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from parametrization import Parametrization, Role
+from lrscale.parametrization import Parametrization, Role
 
 from .backends import require_package
 from .config import ModelConfig

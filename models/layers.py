@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parametrization import Role, role_param
+from lrscale.parametrization import Role, role_param
 
 
 class Linear(nn.Module):

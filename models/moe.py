@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from parametrization import Parametrization, Role, role_param
+from lrscale.parametrization import Parametrization, Role, role_param
 
 from .backends import require_package
 from .config import ModelConfig

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis.fit import main
-from analysis.results import load_results
-from analysis.synthetic import SyntheticTruth, synthetic_rows
+from lrscale.analysis.fit import main
+from lrscale.analysis.results import load_results
+from lrscale.analysis.synthetic import SyntheticTruth, synthetic_rows
 
 FIGURES = ("fig1a_loss_vs_tokens.png", "fig1b_loss_vs_lr.png", "fig2_optimal_lr.png",
            "fig7_search_cost.png")

@@ -16,14 +16,14 @@ import math
 import pytest
 import torch
 
-from benchmarks import throughput
-from models import ModelConfig, MoEConfig, Transformer
-from models.attention import ATTENTION_BACKENDS, eager_attention, get_attention_backend
-from models.backends import BackendUnavailableError
-from models.moe import get_expert_backend, grouped_mm_experts, loop_experts, padded_group_layout
-from parametrization import ParametrizationConfig, build_parametrization, init_weights
-from training.config import HardwareConfig
-from training.hardware import apply_compile, autocast
+from lrscale.benchmarks import throughput
+from lrscale.models import ModelConfig, MoEConfig, Transformer
+from lrscale.models.attention import ATTENTION_BACKENDS, eager_attention, get_attention_backend
+from lrscale.models.backends import BackendUnavailableError
+from lrscale.models.moe import get_expert_backend, grouped_mm_experts, loop_experts, padded_group_layout
+from lrscale.parametrization import ParametrizationConfig, build_parametrization, init_weights
+from lrscale.training.config import HardwareConfig
+from lrscale.training.hardware import apply_compile, autocast
 
 HAS_CUDA = torch.cuda.is_available()
 gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]

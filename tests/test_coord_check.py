@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.coord_check import CoordCheckConfig, main, run_coord_check, slope, spectral_norm
+from lrscale.analysis.coord_check import CoordCheckConfig, main, run_coord_check, slope, spectral_norm
 
 TINY = dict(model="moe", widths=[32, 64, 128], steps=4, batch_size=2, seq_len=16, vocab_size=64, seeds=[0, 1, 2])
 

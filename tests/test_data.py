@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import data.corpus
-from data import (
+import lrscale.data.corpus as corpus_module
+from lrscale.data import (
     EOT_TOKEN,
     CorruptCacheError,
     DataConfig,
@@ -249,7 +249,7 @@ def test_cache_is_reused_without_rebuilding(tmp_path, monkeypatch):
     def must_not_build(*args, **kwargs):
         raise AssertionError("the cache was rebuilt")
 
-    monkeypatch.setattr(data.corpus, "_build_cache", must_not_build)
+    monkeypatch.setattr(corpus_module, "_build_cache", must_not_build)
     b = build_corpus(cfg)
     assert b.cache_path == a.cache_path == str(cache_path(cfg))
     assert np.array_equal(a.train, b.train) and (Path(b.cache_path) / "meta.json").stat().st_mtime_ns == meta_mtime

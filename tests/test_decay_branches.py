@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from optim import ScheduleConfig
-from training.summary import branch_plan, summary_rows
+from lrscale.optim import ScheduleConfig
+from lrscale.training.summary import branch_plan, summary_rows
 
 from conftest import compose_cfg
 
@@ -83,7 +83,7 @@ def test_diverged_run_reports_every_budget_it_missed():
 
 
 def test_budgets_rounding_to_the_same_step_are_measured_once():
-    from optim import ScheduleConfig
-    from training.summary import branch_plan
+    from lrscale.optim import ScheduleConfig
+    from lrscale.training.summary import branch_plan
     cfg = ScheduleConfig(warmup_steps=2, decay_fraction=0.2, decay_branches=[10_000, 10_100, 20_000])
     assert branch_plan(cfg, total_steps=100, tokens_per_step=1000) == [(8, 10), (16, 20)]

@@ -21,16 +21,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from data import TokenLoader
-from models import ModelConfig, MoEConfig, Transformer
-from optim import GroupLR, OptimConfig, build_optimizer
-from parametrization import ParametrizationConfig, build_parametrization, init_weights, param_table
-from training import checkpoint, distributed
-from training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from training.config import HardwareConfig
-from training.distributed import World
-from training.io import read_jsonl
-from training.loop import StepContext, TrainState, train_step
+from lrscale.data import TokenLoader
+from lrscale.models import ModelConfig, MoEConfig, Transformer
+from lrscale.optim import GroupLR, OptimConfig, build_optimizer
+from lrscale.parametrization import ParametrizationConfig, build_parametrization, init_weights, param_table
+from lrscale.training import checkpoint, distributed
+from lrscale.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from lrscale.training.config import HardwareConfig
+from lrscale.training.distributed import World
+from lrscale.training.io import read_jsonl
+from lrscale.training.loop import StepContext, TrainState, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.fitting import (
+from lrscale.analysis.fitting import (
     FitWarning,
     InsufficientDataError,
     fit_loss_vs_tokens,
@@ -17,7 +17,7 @@ from analysis.fitting import (
     leave_one_size_out,
     search_cost,
 )
-from analysis.laws import (
+from lrscale.analysis.laws import (
     BJORCK_2024,
     DEEPSEEK_LLM,
     PUBLISHED_LAWS,
@@ -27,7 +27,7 @@ from analysis.laws import (
     compare_exponents,
     rescale_law,
 )
-from analysis.synthetic import SyntheticTruth, synthetic_rows
+from lrscale.analysis.synthetic import SyntheticTruth, synthetic_rows
 
 # Exponent tolerance for the noisy pipeline. With loss noise σ = 0.002 and curvature
 # C = 0.05 the bootstrap s.e. of α, β is ~0.002 (see the CI widths), so 0.02 is ~10 s.e.:

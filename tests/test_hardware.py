@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import train
-from models import ModelConfig, MoEConfig, Transformer
-from models.backends import BackendUnavailableError
-from parametrization import ParametrizationConfig, build_parametrization
-from training.config import HardwareConfig
-from training.hardware import (
+from lrscale.models import ModelConfig, MoEConfig, Transformer
+from lrscale.models.backends import BackendUnavailableError
+from lrscale.parametrization import ParametrizationConfig, build_parametrization
+from lrscale.training.config import HardwareConfig
+from lrscale.training.hardware import (
     apply_compile, attention_support, autocast, check_kernels, mfu, nominal_peak_tflops, peak_flops, setup_torch,
 )
-from training.io import read_jsonl
+from lrscale.training.io import read_jsonl
 
 CPU = torch.device("cpu")
 

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import (
+from lrscale.models import (
     ModelConfig, MoE, MoEConfig, Transformer, eager_attention, get_expert_backend,
     grouped_mm_experts, loop_experts, sdpa_attention,
 )
-from parametrization import ParametrizationConfig, build_parametrization, init_weights
+from lrscale.parametrization import ParametrizationConfig, build_parametrization, init_weights
 
 
 def tiny(**kw) -> ModelConfig:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import ModelConfig, MoEConfig, Transformer
-from optim import GroupLR, OptimConfig, build_optimizer
-from parametrization import ParametrizationConfig, build_parametrization, init_weights, param_table
+from lrscale.models import ModelConfig, MoEConfig, Transformer
+from lrscale.optim import GroupLR, OptimConfig, build_optimizer
+from lrscale.parametrization import ParametrizationConfig, build_parametrization, init_weights, param_table
 
 SIGMA = 0.02
 BASE_D, BASE_L = 32, 2

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from models import ModelConfig, MoEConfig, Transformer
-from optim import (
+from lrscale.models import ModelConfig, MoEConfig, Transformer
+from lrscale.optim import (
     GroupLR, OptimConfig, ScheduleConfig, build_optimizer, build_schedule, horizon_lr, validate_optim,
 )
-from parametrization import ParametrizationConfig, build_parametrization, init_weights, param_table
+from lrscale.parametrization import ParametrizationConfig, build_parametrization, init_weights, param_table
 
 M = 4  # muP width multiplier used throughout: hidden groups get lr / 4 and eps / 4
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from models import ModelConfig, MoEConfig, Transformer
-from optim import OptimConfig, build_optimizer
-from parametrization import (
+from lrscale.models import ModelConfig, MoEConfig, Transformer
+from lrscale.optim import OptimConfig, build_optimizer
+from lrscale.parametrization import (
     PARAMETRIZATIONS, ParametrizationConfig, Role, build_parametrization, init_weights, param_table,
 )
 

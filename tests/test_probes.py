@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 import train
-from models import ModelConfig, MoEConfig, Transformer
-from parametrization import ParametrizationConfig, Role, build_parametrization, init_weights
-from training.io import read_jsonl
-from training.probes import (
+from lrscale.models import ModelConfig, MoEConfig, Transformer
+from lrscale.parametrization import ParametrizationConfig, Role, build_parametrization, init_weights
+from lrscale.training.io import read_jsonl
+from lrscale.training.probes import (
     attention_logits, block_activations, count_spikes, relative_updates, run_probes, snapshot_weights,
     summarize_probes,
 )

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from analysis.synthetic import synthetic_rows
-from training.io import read_jsonl
-from training.summary import record_sweep_rows, summary_rows
-from training.sweep import SweepCallback, job_overrides
+from lrscale.analysis.synthetic import synthetic_rows
+from lrscale.training.io import read_jsonl
+from lrscale.training.summary import record_sweep_rows, summary_rows
+from lrscale.training.sweep import SweepCallback, job_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("fig1a_loss_vs_tokens.png", "fig1b_loss_vs_lr.png", "fig2_optimal_lr.png", "fig7_search_cost.png")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import train
-from training.io import read_jsonl
+from lrscale.training.io import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.transfer import load_transfer, main, optima, write_transfer
+from lrscale.analysis.transfer import load_transfer, main, optima, write_transfer
 
 LRS = [1.25e-3, 2.5e-3, 5e-3, 1e-2, 2e-2, 4e-2]
 

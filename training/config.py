@@ -8,10 +8,10 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from data.config import DataConfig
-from models.config import ModelConfig
-from optim.config import OptimConfig, ScheduleConfig
-from parametrization.config import ParametrizationConfig
+from lrscale.data.config import DataConfig
+from lrscale.models.config import ModelConfig
+from lrscale.optim.config import OptimConfig, ScheduleConfig
+from lrscale.parametrization.config import ParametrizationConfig
 
 
 @dataclass

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models import ATTENTION_BACKENDS, EXPERT_BACKENDS, ModelConfig, get_attention_backend, get_expert_backend
-from models.backends import BackendUnavailableError
-from models.moe import grouped_mm_fn
+from lrscale.models import ATTENTION_BACKENDS, EXPERT_BACKENDS, ModelConfig, get_attention_backend, get_expert_backend
+from lrscale.models.backends import BackendUnavailableError
+from lrscale.models.moe import grouped_mm_fn
 
 from .config import HardwareConfig
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from optim import GroupLR
+from lrscale.optim import GroupLR
 
 from . import distributed
 

@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from parametrization import role_of
+from lrscale.parametrization import role_of
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

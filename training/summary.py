@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from optim import ScheduleConfig, horizon_lr, wsd_decay_steps
+from lrscale.optim import ScheduleConfig, horizon_lr, wsd_decay_steps
 
 from .io import dumps, write_json
 from .rundir import config_hash, run_dir_for
@@ -122,7 +122,7 @@ def failed_summary(dcfg: DictConfig, error: str) -> dict:
     counts = {"n_total": 0, "n_active": 0, "n_active_nonembed": 0}
     flops_per_token = 0.0
     try:  # the crash may be the model config itself (then N is unknown: 0)
-        from models.config import ModelConfig
+        from lrscale.models.config import ModelConfig
         model = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), dcfg.model))
         counts, flops_per_token = model.param_counts(), model.flops_per_token()
     except Exception:  # noqa: BLE001

@@ -106,7 +106,7 @@ def fit_sweep_dir(sweep_dir: Path, hardware: str, *, n_boot: int = 1000, window:
 
     0: fitted; 3: Eq. 6 not fitted but the partial report was written; 2: nothing to fit.
     """
-    from analysis.fit import main as fit_main
+    from lrscale.analysis.fit import main as fit_main
 
     if export_csv(sweep_dir) is None:
         print(f"[sweep] {sweep_dir}/results.jsonl has no rows: nothing to fit", file=sys.stderr)

@@ -47,8 +47,8 @@ sys.path.insert(0, str(REPO))
 
 import pandas as pd  # noqa: E402
 
-from analysis import fit_all_n_kinds, fit_sweep, load_results  # noqa: E402
-from analysis.plots import plot_all  # noqa: E402
+from lrscale.analysis import fit_all_n_kinds, fit_sweep, load_results  # noqa: E402
+from lrscale.analysis.plots import plot_all  # noqa: E402
 
 pd.set_option("display.width", 160)
 pd.set_option("display.max_columns", 20)
