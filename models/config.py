@@ -53,11 +53,24 @@ class ModelConfig:
 
     @property
     def ffn_width(self) -> int:
-        return self.d_ff or _round_up(8 * self.d_model / 3, 32)
+        return int(self.widths_at(self.d_model)["d_ff"])
 
     @property
     def expert_width(self) -> int:
-        return self.moe.d_expert or self.ffn_width
+        return int(self.widths_at(self.d_model)["d_expert"])
+
+    def widths_at(self, d_model: float, d_ff: float = 0, d_expert: float = 0) -> dict[str, float]:
+        """The widths every matrix's fan-in is made of, for this model family at width `d_model`.
+
+        At this config's own d_model these are its real widths. Elsewhere (the muP base shape,
+        parametrization/mup.py) a derived d_ff (0: 8/3 d_model rounded up to a multiple of 32) is
+        derived again; a d_ff set by hand is taken to grow in proportion to d_model unless `d_ff`
+        says what it is there. d_expert likewise (0: it follows d_ff).
+        """
+        scale = d_model / self.d_model
+        ffn = d_ff or (self.d_ff * scale if self.d_ff else _round_up(8 * d_model / 3, 32))
+        expert = d_expert or (self.moe.d_expert * scale if self.moe.d_expert else ffn)
+        return {"d_model": d_model, "d_ff": ffn, "d_expert": expert}
 
     @property
     def is_moe(self) -> bool:

@@ -22,7 +22,7 @@ def build_parametrization(cfg: ParametrizationConfig, model_cfg) -> Parametrizat
         raise ValueError(
             f"parametrization.name='{cfg.name}' is unknown; valid: {', '.join(PARAMETRIZATIONS)}"
         ) from None
-    return cls(cfg, n_layers=model_cfg.n_layers, d_model=model_cfg.d_model, d_head=model_cfg.d_head)
+    return cls(cfg, model_cfg)
 
 
 def param_table(model: nn.Module, param: Parametrization) -> list[dict]:

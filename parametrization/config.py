@@ -18,6 +18,9 @@ class ParametrizationConfig:
     init_std: float = 0.02           # sigma: the base init std of every matrix
     base_d_model: int = 128          # muP width base: m = d_model / base_d_model
     base_d_head: int = 0             # muP attention base head size; 0 = base_d_model / n_heads (d_head at base width)
+    base_d_ff: int = 0               # muP: the MLP width at base shape; 0 = the model's own rule there (a derived
+                                     # d_ff is derived again, a d_ff set by hand grows in proportion to d_model)
+    base_d_expert: int = 0           # muP: the expert width at base shape; 0 = likewise (follows base_d_ff if derived)
     scale_out_init_by_depth: bool = True  # output projections init x 1/sqrt(2L) (GPT-2, Radford et al. 2019)
     output_zero_init: bool = False   # unembedding starts at zero (muP option, Yang et al. 2022 Sec. D.2)
     router_zero_init: bool = False   # router starts at zero (uniform routing at step 0)
@@ -40,6 +43,9 @@ class ParametrizationConfig:
              "(the width the LR was tuned at)")
         need(self.base_d_head >= 0, f"parametrization.base_d_head={self.base_d_head} must be >= 0 "
              "(0 = base_d_model / n_heads)")
+        for f in ("base_d_ff", "base_d_expert"):
+            need(getattr(self, f) >= 0, f"parametrization.{f}={getattr(self, f)} must be >= 0 "
+                 "(0 = the model's own rule at base width)")
         need(0.0 <= self.depth_alpha <= 1.0, f"parametrization.depth_alpha={self.depth_alpha} must be in [0, 1] "
              "(1 = CompleteP, 0.5 = Depth-muP, 0 = no depth rules)")
         need(self.base_n_layers > 0, f"parametrization.base_n_layers={self.base_n_layers} must be positive "

@@ -4,10 +4,13 @@ Source: Yang et al. 2022, "Tensor Programs V" (arXiv 2203.03466), Table 3, and t
 `mup` library's conventions (MuReadout output multiplier, MuAdam LR scaling).
 At width multiplier m = 1 every number equals the standard parametrization's.
 
-Role by role (PAPER.md Sec. 3 table), with m = d_model / base_d_model:
+Role by role (PAPER.md Sec. 3 table), with m = d_model / base_d_model and, per hidden matrix,
+its own fan-in ratio r = fan_in / fan_in at base shape (TP-V Table 3 and `mup`'s MuAdam scale
+each matrix by its fan-in's width multiplier; r = m for fan-in d_model, but the MLP and expert
+down-projections have fan-in d_ff or d_expert, rounded to a multiple of 32, so r != m there):
   embedding            init sigma, LR eta                    (TP-V Table 3, input weights)
-  attn_qkv, attn_out,  init var sigma^2/m, LR eta/m,         (TP-V Table 3, hidden weights)
-  mlp_in/out,          Adam eps / m
+  attn_qkv, attn_out,  init var sigma^2/r, LR eta/r,         (TP-V Table 3, hidden weights)
+  mlp_in/out,          Adam eps / r
   expert_in/out        experts are hidden matrices because d_expert scales with d_model
                        (PAPER.md Sec. 3 "Experts"); a fixed model.moe.d_expert breaks that
   router               init sigma (or 0), logits x 1/m, LR eta: output-like (d_model -> E experts, E
@@ -31,14 +34,15 @@ from .standard import StandardParametrization
 class MuParametrization(StandardParametrization):
     name = "mup"
 
-    def __init__(self, cfg: ParametrizationConfig, n_layers: int, d_model: int, d_head: int):
-        super().__init__(cfg, n_layers, d_model, d_head)
+    def __init__(self, cfg: ParametrizationConfig, model_cfg):
+        super().__init__(cfg, model_cfg)
         if cfg.base_d_model <= 0:
             raise ValueError("parametrization.base_d_model must be positive for muP")
-        self.m = d_model / cfg.base_d_model
+        self.m = model_cfg.d_model / cfg.base_d_model
         # Default: the head size at base width with the same head count (heads widen with
         # d_model); the model's own d_head would silently keep SP's 1/sqrt(d_head) at every width.
-        self.base_d_head = cfg.base_d_head or cfg.base_d_model / (d_model // d_head)
+        self.base_d_head = cfg.base_d_head or cfg.base_d_model / model_cfg.n_heads
+        self.fan_in_ratio = _fan_in_ratios(model_cfg, cfg)
 
     @property
     def output_mult(self) -> float:  # type: ignore[override]
@@ -62,15 +66,41 @@ class MuParametrization(StandardParametrization):
             # (TP-V Table 3, "input weights & all biases" and "output weights" with
             # the 1/m multiplier moved into the forward pass).
             return base
-        m = self.m
+        r = self.ratio_of(role, shape)
         return ParamSpec(
-            init_std=base.init_std / math.sqrt(m),   # TP-V Table 3: hidden init var 1/fan_in
-            lr_mult=base.lr_mult / m,                # TP-V Table 3: Adam LR 1/fan_in
+            init_std=base.init_std / math.sqrt(r),   # TP-V Table 3: hidden init var 1/fan_in
+            lr_mult=base.lr_mult / r,                # TP-V Table 3: Adam LR 1/fan_in
             wd_mult=base.wd_mult,
-            eps_mult=base.eps_mult / m,              # Adam eps x 1/m (Megatron-Core muP; CompleteP, arXiv 2505.01618)
+            eps_mult=base.eps_mult / r,              # Adam eps x 1/r (Megatron-Core muP; CompleteP, arXiv 2505.01618)
         )
+
+    def ratio_of(self, role: Role, shape: tuple[int, ...]) -> float:
+        """Fan-in ratio of a hidden matrix: its fan-in (dim 1 both of a Linear weight (out, in) and
+        of stacked expert weights (E, in, out)) over the same matrix's fan-in at base shape."""
+        fan_in = shape[1]
+        if fan_in not in self.fan_in_ratio:
+            raise ValueError(f"{role.value} matrix of shape {tuple(shape)}: its fan-in {fan_in} is none of the "
+                             f"model's widths {sorted(self.fan_in_ratio)}, so muP cannot scale it")
+        return self.fan_in_ratio[fan_in]
 
     def describe(self) -> dict:
         d = super().describe()
         d.update(width_mult=self.m, base_d_model=self.cfg.base_d_model, base_d_head=self.base_d_head)
         return d
+
+
+def _fan_in_ratios(model_cfg, cfg: ParametrizationConfig) -> dict[int, float]:
+    """{fan-in at this width: its ratio to the same width at base shape}, for d_model, d_ff and
+    d_expert (the only fan-ins hidden matrices have; attention's n_heads * d_head is d_model)."""
+    here = model_cfg.widths_at(model_cfg.d_model)
+    base = model_cfg.widths_at(cfg.base_d_model, cfg.base_d_ff, cfg.base_d_expert)
+    ratios: dict[int, float] = {}
+    for dim, width in here.items():
+        ratio = width / base[dim]
+        other = ratios.setdefault(int(width), ratio)
+        if other != ratio:
+            raise ValueError(
+                f"muP base shape is ambiguous: two widths of this model equal {int(width)} but scale "
+                f"differently from base width ({other:.4g} vs {ratio:.4g}), so a matrix with that fan-in "
+                "could be either; set parametrization.base_d_ff / base_d_expert, or make the widths differ")
+    return ratios

@@ -19,12 +19,11 @@ from .depth import DepthRules
 class StandardParametrization(Parametrization):
     name = "sp"
 
-    def __init__(self, cfg: ParametrizationConfig, n_layers: int, d_model: int, d_head: int):
+    def __init__(self, cfg: ParametrizationConfig, model_cfg):
+        """`model_cfg`: the model's config (models.ModelConfig): depth, widths and head size."""
         self.cfg = cfg
-        self.n_layers = n_layers
-        self.d_model = d_model
-        self.d_head = d_head
-        self.depth = DepthRules(cfg, n_layers)
+        self.n_layers = model_cfg.n_layers
+        self.depth = DepthRules(cfg, model_cfg.n_layers)
         self.wd_convention = cfg.wd_convention
 
     @property

@@ -248,3 +248,54 @@ def test_train_cli_exits_with_a_clear_message_for_bad_parametrization(args, need
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode != 0
     assert needle in p.stderr + p.stdout
+
+
+# ---- muP scales each hidden matrix by its own fan-in ratio (d_ff is rounded) ------------------
+
+def test_mup_multipliers_follow_each_matrix_fan_in_where_d_ff_is_rounded():
+    """Base width 64 -> 128 with the derived SwiGLU width: d_ff = 8/3 d rounded up to a multiple
+    of 32 is 192 -> 352 (170.7 -> 192, 341.3 -> 352, by hand), a ratio of 11/6, not m = 2. The
+    down-projections (fan-in d_ff, or d_expert = d_ff) get LR and eps x 6/11 and init std
+    x sqrt(6/11); everything with fan-in d_model gets 1/2 (TP-V Table 3 per fan-in; `mup`'s MuAdam
+    divides each matrix's LR by its fan-in width multiplier)."""
+    cfg = ModelConfig(d_model=128, n_layers=2, n_heads=2, vocab_size=64, seq_len=16,
+                      moe=MoEConfig(num_experts=4, top_k=2, shared_expert=True, first_dense_layers=1))
+    param = build_parametrization(ParametrizationConfig(name="mup", init_std=SIGMA, base_d_model=64), cfg)
+    table = {r["name"]: r for r in param_table(Transformer(cfg, param), param)}
+    down = ("blocks.0.mlp.w_out.weight", "blocks.1.moe.w_out", "blocks.1.moe.shared.w_out.weight")
+    for name in down:
+        r = table[name]
+        assert r["lr_mult"] == pytest.approx(6 / 11, rel=1e-12), name
+        assert r["eps_mult"] == pytest.approx(6 / 11, rel=1e-12), name
+        assert r["init_std"] == pytest.approx(SIGMA / math.sqrt(2 * 2) * math.sqrt(6 / 11), rel=1e-12), name
+    for name in ("blocks.0.attn.wqkv.weight", "blocks.0.attn.wo.weight", "blocks.0.mlp.w_in.weight",
+                 "blocks.1.moe.w_in", "blocks.1.moe.shared.w_in.weight"):
+        assert table[name]["lr_mult"] == pytest.approx(0.5, rel=1e-12), name
+        assert table[name]["eps_mult"] == pytest.approx(0.5, rel=1e-12), name
+    # The old rule (everything / m) would have given 0.5 to the down-projections too: 8% off.
+    assert abs(table[down[0]]["lr_mult"] / 0.5 - 1) > 0.08
+
+
+def test_mup_base_widths_set_by_hand_override_the_proportional_default():
+    """A d_ff set by hand is taken to grow with d_model (ratio m) unless parametrization.base_d_ff
+    says what it was at base width; base_d_expert likewise."""
+    cfg = ModelConfig(d_model=128, n_layers=2, n_heads=2, d_ff=300, vocab_size=64, seq_len=16,
+                      moe=MoEConfig(num_experts=4, top_k=2, d_expert=96, first_dense_layers=1))
+
+    def rows(**kw) -> dict[str, float]:
+        param = build_parametrization(ParametrizationConfig(name="mup", base_d_model=64, **kw), cfg)
+        return {r["name"]: r["lr_mult"] for r in param_table(Transformer(cfg, param), param)}
+
+    default = rows()
+    assert default["blocks.0.mlp.w_out.weight"] == pytest.approx(1 / 2) and default["blocks.1.moe.w_out"] == pytest.approx(1 / 2)
+    given = rows(base_d_ff=100, base_d_expert=96)  # d_ff 100 -> 300 (x3); d_expert fixed at 96 (x1)
+    assert given["blocks.0.mlp.w_out.weight"] == pytest.approx(1 / 3) and given["blocks.1.moe.w_out"] == pytest.approx(1.0)
+    assert given["blocks.0.attn.wo.weight"] == pytest.approx(1 / 2)
+
+
+def test_mup_refuses_an_ambiguous_base_shape():
+    """Two widths equal here but scaling differently from base: a matrix with that fan-in could be either."""
+    cfg = ModelConfig(d_model=128, n_layers=2, n_heads=2, d_ff=352, vocab_size=64, seq_len=16,
+                      moe=MoEConfig(num_experts=4, top_k=2, d_expert=352, first_dense_layers=1))
+    with pytest.raises(ValueError, match="base_d_ff / base_d_expert"):
+        build_parametrization(ParametrizationConfig(name="mup", base_d_model=64, base_d_expert=352), cfg)
