@@ -405,7 +405,7 @@ class LawFit:
 
     def _t_interval(self, N, D, level: float, new_point: bool):
         x0 = self._design_at(N, D)                                   # (..., 3)
-        var = np.einsum("...i,ij,...j->...", x0, self.cov, x0)       # x0ᵀ·cov·x0: fit uncertainty
+        var = np.einsum("...i,ij,...j->...", x0, self.cov, x0)       # x0ᵀ·cov·x0: the fit
         if new_point:
             var = var + self.residual_std_ln ** 2                    # + scatter of one optimum
         t = special.stdtrit(self.dof, 0.5 + level / 2)
@@ -586,7 +586,7 @@ def _curved_design(terms, centre, N, D) -> np.ndarray:
 
 @dataclass
 class CurvedLawFit:
-    """ln η* = k + α·u + β·v + γ_N·u² + γ_D·v², u = ln N − mean ln N, v = ln D − mean ln D.
+    """ln η* = k + α·u + β·v + γ_N·u² + γ_D·v² with u = ln N − mean ln N, v = ln D − mean ln D.
 
     The curved alternative to Eq. 6, fitted by OLS in log space on centred logs, so α
     and β are the local slopes at the centre of the data and γ_N, γ_D the curvatures
