@@ -105,8 +105,11 @@ class FitSource:
 def _fit_source_from_table(table: pd.DataFrame, *, kind: str, path: str, n_kind: str,
                            window, include_edge, parametrization, n_boot, seed,
                            label_n_kind: str | None = None) -> FitSource:
-    sf = fit_sweep(table, n_kind, window=window, include_edge=include_edge,
-                   parametrization=parametrization, n_boot=n_boot, seed=seed)
+    try:
+        sf = fit_sweep(table, n_kind, window=window, include_edge=include_edge,
+                       parametrization=parametrization, n_boot=n_boot, seed=seed)
+    except InsufficientDataError as err:
+        raise PredictInputError(f"{path}: {err}") from None
     if sf.law is None:
         why = "; ".join(m for m in sf.warnings if "Eq. 6" in m) or "too few optima"
         raise PredictInputError(
@@ -528,12 +531,11 @@ def recommend_fitting(source: FitSource, N: float, D: float, *, level: float = 0
         eta_c = float(comparison.curved.predict(N, D))
         pi_c = comparison.curved.predict_interval(N, D, level)
         ratio = eta_c / eta
-    law_json = law.to_json()
     return FittingRecommendation(
         source={"kind": source.kind, "path": source.path, "n_kind": source.n_kind,
                 "parametrization": source.parametrization, **source.scale(),
                 "n_warnings": len(source.warnings)},
-        law=law_json, eta=eta, level=level,
+        law=law.to_json(), eta=eta, level=level,
         prediction_interval=law.predict_interval(N, D, level),
         mean_interval=law.mean_interval(N, D, level), bootstrap_interval=boot,
         range=check_range(N, D, source.scale(), far_factor), comparison=comparison,
@@ -1079,6 +1081,14 @@ def _run(args) -> tuple[Recommendation, FitSource | None]:
         raise PredictInputError(f"--window {args.window}: Eq. 2 has 3 parameters, use >= 3")
     if args.n_boot < 0:
         raise PredictInputError(f"--n-boot {args.n_boot}: must be >= 0")
+    refit_only = [flag for flag, on in (("--window", args.window is not None),
+                                        ("--include-edge", args.include_edge),
+                                        ("--fit-parametrization", args.fit_parametrization),
+                                        ("--allow-mixed", args.allow_mixed)) if on]
+    if args.fit is not None and refit_only:
+        raise PredictInputError(f"{', '.join(refit_only)} change(s) how optima are fitted, but a "
+                                f"fit.json holds its optima already: use --sweep <its directory> "
+                                f"to refit")
 
     fit_kw = dict(window=args.window, include_edge=args.include_edge, n_boot=args.n_boot,
                   seed=args.seed)

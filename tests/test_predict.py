@@ -403,6 +403,8 @@ def _write(path: Path, text: str) -> Path:
      "optima[0] lacks ['eta_star', 'used_in_law']"),
     (lambda t: ["--fit", GRID / "fit.json", "--n-kind", "n_total", "--n", "1e6", "--tokens", "1e6"],
      "fitted with N counted as 'n_active_nonembed', not 'n_total'"),
+    (lambda t: ["--fit", GRID / "fit.json", "--window", "5", "--n", "1e6", "--tokens", "1e6"],
+     "--window change(s) how optima are fitted, but a fit.json holds its optima already"),
     (lambda t: ["--sweep", t / "nodir", "--n", "1e6", "--tokens", "1e6"], "no such directory"),
     (lambda t: ["--sweep", t, "--n", "1e6", "--tokens", "1e6"], "no results file"),
     (lambda t: ["--csv", t / "nope.csv", "--n", "1e6", "--tokens", "1e6"], "nope.csv: no such file"),
