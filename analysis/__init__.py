@@ -6,6 +6,7 @@ fit Eq. 2 / Eq. 4 / Eq. 6, compare with published laws, draw the figures, write 
 """
 
 from lrscale.analysis.fitting import (
+    CurvedLawFit,
     DataFit,
     FitWarning,
     InsufficientDataError,
@@ -14,6 +15,7 @@ from lrscale.analysis.fitting import (
     SearchCost,
     SweepFit,
     fit_all_n_kinds,
+    fit_curved_lr_law,
     fit_loss_vs_tokens,
     fit_lr_curve,
     fit_lr_law,
@@ -33,9 +35,9 @@ from lrscale.analysis.report import write_report
 from lrscale.analysis.results import N_KINDS, REQUIRED_COLUMNS, load_results, usable_mask
 
 __all__ = [
-    "DataFit", "FitWarning", "InsufficientDataError", "LawFit", "LrFit", "SearchCost",
-    "SweepFit", "fit_all_n_kinds", "fit_loss_vs_tokens", "fit_lr_curve", "fit_lr_law",
-    "fit_sweep", "leave_one_size_out", "search_cost",
+    "CurvedLawFit", "DataFit", "FitWarning", "InsufficientDataError", "LawFit", "LrFit",
+    "SearchCost", "SweepFit", "fit_all_n_kinds", "fit_curved_lr_law", "fit_loss_vs_tokens",
+    "fit_lr_curve", "fit_lr_law", "fit_sweep", "leave_one_size_out", "search_cost",
     "PUBLISHED_LAWS", "PublishedLaw", "bjorck_law", "choose_reference_point",
     "compare_exponents", "rescale_law", "write_report",
     "N_KINDS", "REQUIRED_COLUMNS", "load_results", "usable_mask",

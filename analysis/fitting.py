@@ -351,6 +351,11 @@ class LawFit:
     CIs are bootstrap percentile intervals from resampling the (N, D, η*) points with
     replacement (seeded); `se` holds the analytic OLS standard errors for comparison.
     r2 is the coefficient of determination in log space (the paper reports R² ≈ 0.962).
+
+    Intervals for η* at a target (N, D): `predict_interval` (OLS prediction interval of
+    one new optimum: fit uncertainty plus residual scatter, Student-t with n − 3 dof),
+    `mean_interval` (the same without the residual scatter) and `bootstrap_interval`
+    (percentiles of the bootstrap draws' mean prediction).
     """
     c: float
     alpha: float
@@ -366,15 +371,78 @@ class LawFit:
     n_boot_used: int
     seed: int
     ci_level: float
+    # What the interval methods need; `fit_lr_law` fills them, a LawFit built by hand
+    # (e.g. from a fit.json law block) lacks them. Not part of `to_json`.
+    #   cov         (3, 3) OLS covariance s²·(XᵀX)⁻¹ of (intercept at the centre, α, β)
+    #   centre      (mean ln N, mean ln D) of the fitted points, the centre of the design
+    #   boot_draws  (n_boot_used, 3) bootstrap draws of (ln c, α, β); None without bootstrap
+    cov: np.ndarray | None = field(default=None, repr=False, compare=False)
+    centre: tuple[float, float] = field(default=(0.0, 0.0), repr=False, compare=False)
+    boot_draws: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def ln_c(self) -> float:
         return math.log(self.c)
 
+    @property
+    def dof(self) -> int:
+        """Residual degrees of freedom, n − 3."""
+        return self.n_points - 3
+
     def predict(self, N, D) -> np.ndarray:
         N = np.asarray(N, dtype=float)
         D = np.asarray(D, dtype=float)
         return np.exp(self.ln_c + self.alpha * np.log(N) + self.beta * np.log(D))
+
+    def _design_at(self, N, D) -> np.ndarray:
+        if self.cov is None:
+            raise ValueError("this LawFit carries no covariance (it was not made by fit_lr_law, "
+                             "e.g. rebuilt from a fit.json law block); refit it with "
+                             "fit_lr_law(N, D, eta_star) on the optima to get intervals")
+        lnN, lnD = (np.log(np.asarray(v, dtype=float)) for v in (N, D))
+        lnN, lnD = np.broadcast_arrays(lnN, lnD)
+        return np.stack([np.ones_like(lnN), lnN - self.centre[0], lnD - self.centre[1]], -1)
+
+    def _t_interval(self, N, D, level: float, new_point: bool):
+        x0 = self._design_at(N, D)                                   # (..., 3)
+        var = np.einsum("...i,ij,...j->...", x0, self.cov, x0)       # x0ᵀ·cov·x0: the fit
+        if new_point:
+            var = var + self.residual_std_ln ** 2                    # + scatter of one optimum
+        t = special.stdtrit(self.dof, 0.5 + level / 2)
+        y = np.log(self.predict(N, D))
+        half = t * np.sqrt(var)
+        return _interval_out(np.exp(y - half), np.exp(y + half))
+
+    def predict_interval(self, N, D, level: float = 0.95):
+        """OLS *prediction* interval for the optimal LR η* of a run at (N, D), as (lo, hi).
+
+        In log space: ln η̂ ± t_{n−3, (1+level)/2} · sqrt(s² + x0ᵀ·cov·x0), with
+        x0 = (1, ln N − mean ln N, ln D − mean ln D), cov = s²·(XᵀX)⁻¹ the coefficient
+        covariance and s² the residual variance of the fitted optima: the uncertainty of
+        the fitted law at that point plus the scatter of one optimum about the law. It
+        assumes the log-linear form holds out to (N, D); it says nothing about curvature
+        beyond the fitted range (compare `fit_curved_lr_law`). Scalars give floats,
+        arrays give arrays (broadcast).
+        """
+        return self._t_interval(N, D, level, new_point=True)
+
+    def mean_interval(self, N, D, level: float = 0.95):
+        """OLS *confidence* interval of the law's mean prediction at (N, D): like
+        `predict_interval` without the residual variance s² (uncertainty of the fit only)."""
+        return self._t_interval(N, D, level, new_point=False)
+
+    def bootstrap_interval(self, N, D, level: float | None = None):
+        """Bootstrap percentile interval of the law's mean prediction at (N, D): the
+        `level` quantiles (default `ci_level`) of exp(ln c_b + α_b ln N + β_b ln D) over
+        the stored bootstrap draws. Raises ValueError when there are fewer than 2 draws."""
+        if self.boot_draws is None or len(self.boot_draws) < 2:
+            raise ValueError("this LawFit has no bootstrap draws; fit it with n_boot > 0")
+        level = self.ci_level if level is None else level
+        lnN, lnD = (np.log(np.asarray(v, dtype=float)) for v in (N, D))
+        b = self.boot_draws
+        y = b[:, 0] + b[:, 1] * lnN[..., None] + b[:, 2] * lnD[..., None]  # (..., B)
+        lo, hi = np.quantile(y, (0.5 - level / 2, 0.5 + level / 2), axis=-1)
+        return _interval_out(np.exp(lo), np.exp(hi))
 
     def to_json(self) -> dict:
         return {"equation": "eta* = c * N^alpha * D^beta", "c": self.c, "alpha": self.alpha,
@@ -383,6 +451,13 @@ class LawFit:
                 "residual_std_ln_eta": self.residual_std_ln, "n_points": self.n_points,
                 "n_boot": self.n_boot, "n_boot_used": self.n_boot_used, "seed": self.seed,
                 "ci_level": self.ci_level}
+
+
+def _interval_out(lo, hi):
+    """(lo, hi) as floats for a scalar query, as arrays otherwise."""
+    if np.ndim(lo) == 0:
+        return float(lo), float(hi)
+    return lo, hi
 
 
 def _law_arrays(N, D, eta_star):
@@ -436,6 +511,7 @@ def fit_lr_law(N, D, eta_star, n_boot: int = 1000, seed: int = 0,
     nan2 = (float("nan"), float("nan"))
     c_ci = alpha_ci = beta_ci = nan2
     n_used = 0
+    boot_draws = None
     if n_boot > 0:
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, y.size, size=(n_boot, y.size))
@@ -447,6 +523,7 @@ def fit_lr_law(N, D, eta_star, n_boot: int = 1000, seed: int = 0,
         if n_used >= 2:
             cb = np.linalg.solve(XtX[ok], Xty[ok][..., None])[..., 0]
             ln_cb = cb[:, 0] - cb[:, 1] * mN - cb[:, 2] * mD
+            boot_draws = np.column_stack([ln_cb, cb[:, 1], cb[:, 2]])
             c_ci = tuple(float(v) for v in np.exp(np.quantile(ln_cb, q)))
             alpha_ci = tuple(float(v) for v in np.quantile(cb[:, 1], q))
             beta_ci = tuple(float(v) for v in np.quantile(cb[:, 2], q))
@@ -456,7 +533,8 @@ def fit_lr_law(N, D, eta_star, n_boot: int = 1000, seed: int = 0,
     return LawFit(c=float(math.exp(ln_c)), alpha=float(coef[1]), beta=float(coef[2]),
                   c_ci=c_ci, alpha_ci=alpha_ci, beta_ci=beta_ci, se=se, r2=r2,
                   residual_std_ln=float(math.sqrt(s2)), n_points=int(y.size), n_boot=int(n_boot),
-                  n_boot_used=n_used, seed=int(seed), ci_level=float(ci_level))
+                  n_boot_used=n_used, seed=int(seed), ci_level=float(ci_level),
+                  cov=cov, centre=(float(mN), float(mD)), boot_draws=boot_draws)
 
 
 def leave_one_size_out(N, D, eta_star) -> pd.DataFrame:
@@ -487,6 +565,128 @@ def leave_one_size_out(N, D, eta_star) -> pd.DataFrame:
                          "err_ln_eta": float(math.log(p / m))})
     return pd.DataFrame(rows, columns=["N_held_out", "D", "eta_measured", "eta_predicted",
                                        "rel_err_eta", "err_ln_eta"])
+
+
+# A curved alternative to Eq. 6. Optimal-LR laws that are straight in log-log over small
+# models have been reported to curve upward at larger scale (arXiv 2606.29158, 22M-707M
+# parameters, 5-100B tokens; PAPER.md §4), so an extrapolation should be checked against
+# a law with curvature before it is trusted.
+
+CURVED_TERMS = ("1", "lnN", "lnD", "lnN^2", "lnD^2")
+
+
+def _curved_design(terms, centre, N, D) -> np.ndarray:
+    """(..., len(terms)) design of the curved law at (N, D), logs centred on `centre`."""
+    u = np.log(np.asarray(N, dtype=float)) - centre[0]
+    v = np.log(np.asarray(D, dtype=float)) - centre[1]
+    u, v = np.broadcast_arrays(u, v)
+    cols = {"1": np.ones_like(u), "lnN": u, "lnD": v, "lnN^2": u * u, "lnD^2": v * v}
+    return np.stack([cols[t] for t in terms], -1)
+
+
+@dataclass
+class CurvedLawFit:
+    """ln η* = k + α·u + β·v + γ_N·u² + γ_D·v² with u = ln N − mean ln N, v = ln D − mean ln D.
+
+    The curved alternative to Eq. 6, fitted by OLS in log space on centred logs, so α
+    and β are the local slopes at the centre of the data and γ_N, γ_D the curvatures
+    (γ > 0: η* curves upward in log-log). A quadratic term whose variable has fewer
+    than 3 distinct values is not identifiable and is dropped (its γ is 0 and
+    `dropped` says why); with both dropped the form equals Eq. 6.
+    """
+    terms: tuple[str, ...]         # subset of CURVED_TERMS, in that order
+    coef: np.ndarray = field(repr=False, compare=False)     # one per term
+    cov: np.ndarray = field(repr=False, compare=False)      # OLS covariance of coef
+    centre: tuple[float, float]    # (mean ln N, mean ln D)
+    r2: float
+    residual_std_ln: float
+    n_points: int
+    dropped: tuple[str, ...] = ()
+
+    def _coef(self, term: str) -> float:
+        return float(self.coef[self.terms.index(term)]) if term in self.terms else 0.0
+
+    @property
+    def alpha(self) -> float:
+        return self._coef("lnN")
+
+    @property
+    def beta(self) -> float:
+        return self._coef("lnD")
+
+    @property
+    def gamma_N(self) -> float:
+        return self._coef("lnN^2")
+
+    @property
+    def gamma_D(self) -> float:
+        return self._coef("lnD^2")
+
+    @property
+    def dof(self) -> int:
+        return self.n_points - len(self.terms)
+
+    def design(self, N, D) -> np.ndarray:
+        return _curved_design(self.terms, self.centre, N, D)
+
+    def predict(self, N, D) -> np.ndarray:
+        return np.exp(self.design(N, D) @ self.coef)
+
+    def predict_interval(self, N, D, level: float = 0.95):
+        """OLS prediction interval for one new optimum at (N, D), as in
+        `LawFit.predict_interval`, with n − (number of terms) dof."""
+        x0 = self.design(N, D)
+        var = np.einsum("...i,ij,...j->...", x0, self.cov, x0) + self.residual_std_ln ** 2
+        half = special.stdtrit(self.dof, 0.5 + level / 2) * np.sqrt(var)
+        y = x0 @ self.coef
+        return _interval_out(np.exp(y - half), np.exp(y + half))
+
+    def to_json(self) -> dict:
+        return {"equation": "ln eta* = k + alpha*u + beta*v + gamma_N*u^2 + gamma_D*v^2, "
+                            "u = ln N - centre_lnN, v = ln D - centre_lnD",
+                "terms": list(self.terms), "coef": [float(c) for c in self.coef],
+                "alpha": self.alpha, "beta": self.beta, "gamma_N": self.gamma_N,
+                "gamma_D": self.gamma_D, "centre_lnN": self.centre[0],
+                "centre_lnD": self.centre[1], "r2": self.r2,
+                "residual_std_ln_eta": self.residual_std_ln, "n_points": self.n_points,
+                "dropped": list(self.dropped)}
+
+
+def fit_curved_lr_law(N, D, eta_star) -> CurvedLawFit:
+    """Fit the curved alternative to Eq. 6 (see `CurvedLawFit`) by OLS in log space.
+
+    The quadratic term in ln N (ln D) is kept only with >= 3 distinct N (D). Needs at
+    least one residual degree of freedom and a full-rank design, else
+    InsufficientDataError saying what to add.
+    """
+    N, D, eta = _law_arrays(N, D, eta_star)
+    terms, dropped = ["1", "lnN", "lnD"], []
+    for var, term, what in ((N, "lnN^2", "model sizes"), (D, "lnD^2", "token budgets")):
+        n_distinct = np.unique(var).size
+        if n_distinct >= 3:
+            terms.append(term)
+        else:
+            dropped.append(f"{term} dropped: only {n_distinct} distinct {what} (a quadratic "
+                           f"needs >= 3)")
+    if np.unique(N).size < 2 or np.unique(D).size < 2 or N.size <= len(terms):
+        raise InsufficientDataError(
+            f"the curved law with terms {terms} needs more than {len(terms)} optima over >= 2 "
+            f"sizes and >= 2 budgets, got {N.size} optima, {np.unique(N).size} size(s), "
+            f"{np.unique(D).size} budget(s); add sizes or budgets")
+    y = np.log(eta)
+    centre = (float(np.log(N).mean()), float(np.log(D).mean()))
+    X = _curved_design(terms, centre, N, D)
+    if np.linalg.matrix_rank(X) < len(terms):
+        raise InsufficientDataError(f"the curved law's design {terms} is rank-deficient on "
+                                    f"these optima; vary N and D independently")
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ coef
+    ss_res, ss_tot = float(resid @ resid), float(np.sum((y - y.mean()) ** 2))
+    s2 = ss_res / (y.size - len(terms))
+    return CurvedLawFit(terms=tuple(terms), coef=coef, cov=s2 * np.linalg.inv(X.T @ X),
+                        centre=centre, r2=1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+                        residual_std_ln=float(math.sqrt(s2)), n_points=int(y.size),
+                        dropped=tuple(dropped))
 
 
 def summarize_loso(loso: pd.DataFrame) -> list[dict]:
