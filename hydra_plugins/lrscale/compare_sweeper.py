@@ -73,6 +73,7 @@ class CompareSweeperConf:
     horizon_beta: float = 0.3509                        # token-horizon rule of the Transfer arm (PAPER.md §3)
     n_kind: str = "n_active_nonembed"                   # how N is counted for Eq. 6
     n_boot: int = 1000                                  # Eq. 6 bootstrap resamples
+    stop_after_stage: int = 0                           # 1: only the small runs (look before the targets); 0 = all
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="compare", node=CompareSweeperConf, provider="lrscale")
@@ -182,6 +183,10 @@ class CompareSweeper(Sweeper):
         jobs = [self._job("fitting", m, s.sp, lr, s.fitting.tokens) for m in s.fitting.models for lr in s.fitting.lrs]
         jobs += [self._job("proxy", s.proxy.models[0], s.mup, lr, s.proxy.tokens) for lr in s.proxy.lrs]
         self.launch("stage 1/4, Fitting grid and μP proxy", jobs)
+        if s.stop_after_stage == 1:
+            print(f"[compare] stopped after stage 1 (hydra.sweeper.stop_after_stage=1); the same command without "
+                  f"it goes on from here", file=sys.stderr)
+            return self.returns
 
         # 2. predictions, then the direct sweeps and the verdict runs at every target
         design = self.design()
