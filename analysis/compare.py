@@ -591,16 +591,20 @@ def report_markdown(comparison: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_comparison(root: Path, comparison: dict, predictions: dict[str, list[Prediction]]) -> dict[str, Path]:
-    """comparison.json, report.md and one figure 4 per target, written atomically into root."""
+def write_comparison(root: Path, comparison: dict, predictions: dict[str, list[Prediction]],
+                     out: Path | None = None) -> dict[str, Path]:
+    """comparison.json, report.md and one figure 4 per target, written atomically into `out`
+    (default: root, the comparison whose tables the figures read)."""
     from lrscale.training.io import write_json, write_text
 
     root = Path(root)
-    paths = {"comparison.json": root / "comparison.json", "report.md": root / "report.md"}
+    out = Path(out) if out else root
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"comparison.json": out / "comparison.json", "report.md": out / "report.md"}
     write_json(paths["comparison.json"], _jsonable(comparison))
     write_text(paths["report.md"], report_markdown(comparison))
     for t in comparison["targets"]:
-        path = root / f"fig4_{t['name']}.png"
+        path = out / f"fig4_{t['name']}.png"
         cap = (f"{comparison['family']} target {t['name']}: N = {t['N']:,.0f} ({comparison['n_kind']}), "
                f"D = {t['D']:,.0f} tokens; {comparison['caption']}")
         sweeps = {panel: load_arm(root / "targets" / t["name"] / panel) for panel in ("sp", "mup")}
