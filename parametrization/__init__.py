@@ -8,10 +8,10 @@ from torch import nn
 from .base import HIDDEN_ROLES, ParamSpec, Parametrization, Role, role_of, role_param
 from .config import WD_CONVENTIONS, ParametrizationConfig
 from .depth import IN_BLOCK_ROLES, DepthRules
-from .mup import MuParametrization
+from .mup import MuLRParametrization, MuParametrization
 from .standard import StandardParametrization
 
-PARAMETRIZATIONS = {"sp": StandardParametrization, "mup": MuParametrization}
+PARAMETRIZATIONS = {"sp": StandardParametrization, "mup": MuParametrization, "sp_mup_lr": MuLRParametrization}
 
 
 def build_parametrization(cfg: ParametrizationConfig, model_cfg) -> Parametrization:

@@ -25,6 +25,7 @@ Depth rules and the weight-decay convention are applied on top (standard.py, dep
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from .base import ParamSpec, Role
 from .config import ParametrizationConfig
@@ -75,18 +76,42 @@ class MuParametrization(StandardParametrization):
         )
 
     def ratio_of(self, role: Role, shape: tuple[int, ...]) -> float:
-        """Fan-in ratio of a hidden matrix: its fan-in (dim 1 both of a Linear weight (out, in) and
-        of stacked expert weights (E, in, out)) over the same matrix's fan-in at base shape."""
-        fan_in = shape[1]
-        if fan_in not in self.fan_in_ratio:
-            raise ValueError(f"{role.value} matrix of shape {tuple(shape)}: its fan-in {fan_in} is none of the "
-                             f"model's widths {sorted(self.fan_in_ratio)}, so muP cannot scale it")
-        return self.fan_in_ratio[fan_in]
+        return _ratio_of(self.fan_in_ratio, role, shape)
 
     def describe(self) -> dict:
         d = super().describe()
         d.update(width_mult=self.m, base_d_model=self.cfg.base_d_model, base_d_head=self.base_d_head)
         return d
+
+
+class MuLRParametrization(StandardParametrization):
+    """SP with muP's per-module learning rates and nothing else: SP init, SP forward multipliers
+    (logits x 1, attention 1/sqrt(d_head)) and SP Adam eps, but every hidden matrix's LR divided by
+    its fan-in ratio as under muP. The middle arm of the module-wise tuning ablation (PAPER.md §1:
+    the paper argues per-module LRs buy nothing at scale once modern normalization is in place):
+    one global LR (sp) vs per-module LRs only (sp_mup_lr) vs full muP (mup). Equal to SP at base width."""
+
+    name = "sp_mup_lr"
+
+    def __init__(self, cfg: ParametrizationConfig, model_cfg):
+        super().__init__(cfg, model_cfg)
+        self.fan_in_ratio = _fan_in_ratios(model_cfg, cfg)
+
+    def width_spec(self, role: Role, shape: tuple[int, ...]) -> ParamSpec:
+        base = super().width_spec(role, shape)
+        if not role.is_hidden:
+            return base
+        return replace(base, lr_mult=base.lr_mult / _ratio_of(self.fan_in_ratio, role, shape))  # TP-V Table 3 LR only
+
+
+def _ratio_of(fan_in_ratio: dict[int, float], role: Role, shape: tuple[int, ...]) -> float:
+    """Fan-in ratio of a hidden matrix: its fan-in (dim 1 both of a Linear weight (out, in) and
+    of stacked expert weights (E, in, out)) over the same matrix's fan-in at base shape."""
+    fan_in = shape[1]
+    if fan_in not in fan_in_ratio:
+        raise ValueError(f"{role.value} matrix of shape {tuple(shape)}: its fan-in {fan_in} is none of the "
+                         f"model's widths {sorted(fan_in_ratio)}, so muP cannot scale it")
+    return fan_in_ratio[fan_in]
 
 
 def _fan_in_ratios(model_cfg, cfg: ParametrizationConfig) -> dict[int, float]:

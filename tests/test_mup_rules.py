@@ -299,3 +299,20 @@ def test_mup_refuses_an_ambiguous_base_shape():
                       moe=MoEConfig(num_experts=4, top_k=2, d_expert=352, first_dense_layers=1))
     with pytest.raises(ValueError, match="base_d_ff / base_d_expert"):
         build_parametrization(ParametrizationConfig(name="mup", base_d_model=64, base_d_expert=352), cfg)
+
+
+def test_sp_with_mup_learning_rates_only_changes_nothing_but_hidden_lrs():
+    """The module-wise ablation's middle arm: SP's table, forward and eps, muP's hidden LRs."""
+    cfg = model_cfg(4)
+    sp = build_parametrization(ParametrizationConfig(name="sp", init_std=SIGMA, base_d_model=BASE_D), cfg)
+    mid = build_parametrization(ParametrizationConfig(name="sp_mup_lr", init_std=SIGMA, base_d_model=BASE_D), cfg)
+    mu = build_parametrization(ParametrizationConfig(name="mup", init_std=SIGMA, base_d_model=BASE_D), cfg)
+    model = Transformer(cfg, sp)
+    rows = {k: {r["name"]: r for r in param_table(model, p)} for k, p in (("sp", sp), ("mid", mid), ("mu", mu))}
+    for name, r in rows["mid"].items():
+        s, m = rows["sp"][name], rows["mu"][name]
+        assert (r["init_std"], r["eps_mult"], r["wd_mult"]) == (s["init_std"], s["eps_mult"], s["wd_mult"]), name
+        assert r["lr_mult"] == (m["lr_mult"] if r["role"] in HIDDEN else s["lr_mult"]), name
+        if r["role"] in HIDDEN:
+            assert r["lr_mult"] == pytest.approx(1 / 4)  # d_ff = 2 d grows with d_model: ratio m = 4
+    assert (mid.output_mult, mid.router_mult, mid.attn_scale(64)) == (1.0, 1.0, sp.attn_scale(64))

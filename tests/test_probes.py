@@ -133,3 +133,45 @@ def test_probes_are_logged_and_never_change_training(tiny, tmp_path):
     assert all(r["probe/update_rel/expert_in"] > 0 for r in probe_rows)  # constant LR: every step moves
     assert not any("probe/logit_rms" in r for r in rows["a"])
     assert summarize_probes(rows["b"])["update_rel_final"]["router"] > 0
+
+
+# ---- the Adam-eps and weight-decay monitors -----------------------------------------------------
+
+def test_eps_dominance_and_wd_timescale_by_hand():
+    """After one AdamW step v_hat = g^2 exactly (bias-corrected), so sqrt(v_hat) < eps exactly where
+    |g| < eps: gradients of 1e-4 on half of every matrix and 1e-2 on the other half, eps = 1e-3,
+    give a dominance of 1/2. tau = 1 / (lr_group * wd_group): 1 / (1e-2 * 0.5 * 0.1) = 2000 steps
+    at schedule factor 0.5."""
+    from lrscale.optim import GroupLR, OptimConfig, build_optimizer
+    from lrscale.parametrization import param_table
+    from lrscale.training.probes import optimizer_monitors
+
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=64, seq_len=16)
+    param = build_parametrization(ParametrizationConfig(name="sp"), cfg)
+    model = Transformer(cfg, param, attn_backend="eager", expert_backend="loop")
+    init_weights(model, param, seed=0)
+    opt = build_optimizer(model, param_table(model, param), OptimConfig(lr=1e-2, eps=1e-3, weight_decay=0.1),
+                          tokens_per_step=64, total_tokens=1e4)
+    GroupLR(opt, lambda step: 0.5).apply(0)
+    for p in model.parameters():
+        g = torch.full_like(p, 1e-2).flatten()
+        g[: g.numel() // 2] = 1e-4
+        p.grad = g.view_as(p)
+    opt.step()
+    out = optimizer_monitors(model, opt, tokens_per_step=64)
+    for role in ("embedding", "attn_qkv", "attn_out", "mlp_in", "mlp_out", "unembedding", "norm"):
+        n = sum(p.numel() for n_, p in model.named_parameters() if getattr(p, "role").value == role)
+        expected = sum(p.numel() // 2 for n_, p in model.named_parameters() if getattr(p, "role").value == role) / n
+        assert out[f"probe/eps_dominance/{role}"] == pytest.approx(expected, abs=1e-12), role
+    assert out["probe/wd_tau_steps/attn_qkv"] == pytest.approx(2000.0)
+    assert out["probe/wd_tau_tokens/attn_qkv"] == pytest.approx(2000.0 * 64)
+    assert "probe/wd_tau_steps/norm" not in out  # norm gains are not decayed
+
+
+def test_summary_reports_eps_dominance_and_the_stable_phase_timescale():
+    rows = [{"step": 10, "probe/eps_dominance/attn_qkv": 0.2, "probe/wd_tau_tokens/attn_qkv": 1000.0},
+            {"step": 20, "probe/eps_dominance/attn_qkv": 0.5, "probe/wd_tau_tokens/attn_qkv": 1000.0},
+            {"step": 30, "probe/eps_dominance/attn_qkv": 0.1, "probe/wd_tau_tokens/attn_qkv": 4000.0}]
+    s = summarize_probes(rows)
+    assert s["eps_dominance_final"] == {"attn_qkv": 0.1} and s["eps_dominance_max"] == {"attn_qkv": 0.5}
+    assert s["wd_tau_tokens_min"] == {"attn_qkv": 1000.0} and s["wd_tau_tokens_final"] == {"attn_qkv": 4000.0}

@@ -17,6 +17,13 @@ the weights taken before the optimizer step, and a few norms. Names, all under `
                            Frobenius, so for Adam the expected width scaling of hidden roles is m^0 under SP
                            and m^-1/2 under muP (the spectral ratio, ~flat under muP, is in analysis/coord_check.py)
   grad_norm/<role>         L2 norm of the role's gradients at this step, after clipping
+  eps_dominance/<role>     share of the role's Adam coordinates with sqrt(v_hat) < eps: there eps, not the
+                           gradient, sets the update size (what the muP / depth eps rules are about; Adam-atan2,
+                           arXiv 2407.05872, and CompleteP, arXiv 2505.01618, discuss the regime). ~0 everywhere
+                           means an eps rule has nothing to act on; ~1 means eps is doing the optimizer's job
+  wd_tau_steps/<role>      AdamW's EMA timescale tau = 1 / (lr_group(t) * wd_group) at this step (Wang &
+  wd_tau_tokens/<role>     Aitchison, arXiv 2405.13698), in steps and in tokens; it grows as the schedule decays
+                           the LR. Absent for roles without decay
 
 Not duplicated here, logged by the loop every `logging.log_every` steps: `grad_norm` (global,
 before clipping) and the router statistics `moe/imbalance` (max/mean tokens per expert),
@@ -155,6 +162,40 @@ def run_probes(core: nn.Module, x: torch.Tensor, ctx, before: dict[str, torch.Te
     if before is not None:
         out.update({f"probe/update_rel/{r}": v for r, v in relative_updates(core, before).items()})
     out.update({f"probe/grad_norm/{r}": v for r, v in grad_norms_by_role(core).items()})
+    if getattr(ctx, "optimizer", None) is not None:
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        out.update(optimizer_monitors(core, ctx.optimizer, tokens_per_step=x.numel() * world))
+    return out
+
+
+@torch.no_grad()
+def optimizer_monitors(core: nn.Module, optimizer, tokens_per_step: int) -> dict[str, float]:
+    """Per role: Adam-eps dominance and the AdamW EMA timescale (see the module docstring).
+
+    Parameters are matched to their optimizer group by name (`names`, set by optim/groups.py),
+    so this also works where wrappers replaced the parameter objects."""
+    by_name = {n: (g, p) for g in optimizer.param_groups for n, p in zip(g.get("names", []), g["params"])}
+    small: dict[str, float] = {}
+    total: dict[str, int] = {}
+    tau: dict[str, float] = {}
+    for name, p in core.named_parameters():
+        if name not in by_name:
+            continue
+        role = role_of(name, p).value
+        group, p_opt = by_name[name]
+        decay = group["lr"] * group["weight_decay"]
+        if decay > 0:
+            tau[role] = min(tau.get(role, math.inf), 1.0 / decay)  # a role spanning groups: its fastest decay
+        state = optimizer.state.get(p_opt, {})
+        if "exp_avg_sq" not in state:
+            continue
+        beta2 = group["betas"][1]
+        v_hat = _full(state["exp_avg_sq"]).float() / (1.0 - beta2 ** float(state["step"]))
+        small[role] = small.get(role, 0.0) + float((v_hat.sqrt() < group["eps"]).sum())
+        total[role] = total.get(role, 0) + v_hat.numel()
+    out = {f"probe/eps_dominance/{r}": small[r] / total[r] for r in small if total[r]}
+    out.update({f"probe/wd_tau_steps/{r}": t for r, t in tau.items()})
+    out.update({f"probe/wd_tau_tokens/{r}": t * tokens_per_step for r, t in tau.items()})
     return out
 
 
@@ -188,7 +229,8 @@ def summarize_probes(rows: list[dict]) -> dict:
     Keys (absent when the run logged no such metric): loss_spikes, grad_norm_spikes,
     {grad_norm, max_attn_logit, logit_rms, attn_logit_rms, moe_imbalance, moe_router_z}_{max,final},
     moe_router_entropy_{min,final}, and update_rel_final / act_rms_final (dicts: the last probe row's
-    probe/update_rel/* by role and probe/act_rms/* by module).
+    probe/update_rel/* by role and probe/act_rms/* by module), eps_dominance_{final,max} by role and
+    wd_tau_tokens_{min,final} by role (min: the stable phase's timescale) when the probes logged them.
     """
     def series(key: str) -> list[float]:
         return [float(r[key]) for r in rows if r.get(key) is not None and not isinstance(r[key], list)]
@@ -215,6 +257,19 @@ def summarize_probes(rows: list[dict]) -> dict:
     probe_rows = [r for r in rows if any(k.startswith("probe/") for k in r)]
     if probe_rows:
         last = probe_rows[-1]
-        out["update_rel_final"] = {k.split("/", 2)[2]: v for k, v in last.items() if k.startswith("probe/update_rel/")}
-        out["act_rms_final"] = {k.split("/", 2)[2]: v for k, v in last.items() if k.startswith("probe/act_rms/")}
+
+        def by_role(row: dict, prefix: str) -> dict:
+            return {k.split("/", 2)[2]: v for k, v in row.items() if k.startswith(f"probe/{prefix}/")}
+
+        out["update_rel_final"] = by_role(last, "update_rel")
+        out["act_rms_final"] = by_role(last, "act_rms")
+        eps = [by_role(r, "eps_dominance") for r in probe_rows]
+        if any(eps):
+            out["eps_dominance_final"] = eps[-1]
+            out["eps_dominance_max"] = {k: max(e.get(k, 0.0) for e in eps) for k in eps[-1]}
+        taus = [by_role(r, "wd_tau_tokens") for r in probe_rows]
+        if any(taus):
+            # the smallest tau is the stable phase's (the LR is at its peak); it grows as the LR decays
+            out["wd_tau_tokens_min"] = {k: min(t[k] for t in taus if k in t) for k in taus[-1]}
+            out["wd_tau_tokens_final"] = taus[-1]
     return out
