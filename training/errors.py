@@ -1,0 +1,110 @@
+"""Errors a user fixes outside the code, and one-line descriptions of failed writes.
+
+A `RunError`'s message names the file or field, the value and the fix; train.py prints
+it as one line and exits 1 instead of showing a traceback. Failed writes are described
+by their cause: a full disk and a read-only location are the two that a user meets,
+and both arrive in disguise (torch's zip writer reports a full disk as "unexpected pos
+704 vs 598"; torch.distributed.checkpoint wraps every rank's error in a
+`CheckpointException`, a BaseException), so the cause is looked for in the whole chain.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+# Below this much free space a write that failed without an errno is taken for a full disk.
+LOW_SPACE_BYTES = 64 << 20
+
+
+class RunError(RuntimeError):
+    """A problem with the run's files or environment; the message says what to do."""
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """The BaseExceptions that must keep their meaning: never recorded as a failed run."""
+    return isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit))
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """exc, its causes and contexts, and the per-rank errors inside a CheckpointException."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        failures = getattr(e, "failures", None)  # torch.distributed.checkpoint.api.CheckpointException
+        if isinstance(failures, dict):
+            todo += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
+        todo += [e.__cause__, e.__context__]
+
+
+def disk_error(exc: BaseException) -> OSError | None:
+    """The OSError behind exc that means a full disk or a location that cannot be written."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in DISK_FULL | NOT_WRITABLE:
+            return e
+    return None
+
+
+def root_cause(exc: BaseException) -> str:
+    """'Type: first line of message' of the innermost error, for one-line reports."""
+    inner = list(_chain(exc))
+    for e in reversed(inner):
+        if not type(e).__name__ == "CheckpointException":
+            first = (str(e).strip().splitlines() or [""])[0]
+            return f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return type(exc).__name__
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free space on the filesystem holding path (its nearest existing ancestor)."""
+    path = Path(path).absolute()
+    for p in (path, *path.parents):
+        if p.exists():
+            try:
+                return shutil.disk_usage(p).free
+            except OSError:
+                return None
+    return None
+
+
+def write_failure(path: Path, exc: BaseException) -> str:
+    """One line: what could not be written, why, and the fix."""
+    err = disk_error(exc)
+    free = free_bytes(path)
+    full = (err is not None and err.errno in DISK_FULL) or (err is None and free is not None and free < LOW_SPACE_BYTES)
+    if full:
+        left = f" ({free / 2**20:.0f} MiB free)" if free is not None else ""
+        return (f"cannot write {path}: no space left on the device{left}. Free space there, or point run.root "
+                "(and sweep.dir) at another disk, then rerun the same command to resume")
+    if err is not None:
+        return (f"cannot write {path}: {err.strerror or 'not writable'} (read-only or not writable location). "
+                "Make it writable, or set run.root (and sweep.dir) to a writable directory, then rerun")
+    return f"cannot write {path} ({root_cause(exc)})"
+
+
+@contextlib.contextmanager
+def one_line_errors(say: Callable[[str], None]) -> Iterator[None]:
+    """For an entry point: a RunError or a disk error becomes one line and exit code 1; a
+    Ctrl-C that could not wait for a checkpoint (a second one) says how to resume, exit 130."""
+    try:
+        yield
+    except RunError as e:
+        say(f"error: {e}")
+        raise SystemExit(1) from None
+    except OSError as e:
+        if disk_error(e) is None:
+            raise
+        say(f"error: {write_failure(Path(e.filename or '.'), e)}")
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        say("stopped at once by Ctrl-C, without a checkpoint of this step; the run is not finished: rerun the same "
+            "command to resume from its last checkpoint")
+        raise SystemExit(130) from None
