@@ -193,12 +193,13 @@ def _run_locked(dcfg: DictConfig, cfg: Config, world: distributed.World, run_dir
             if cfg.sweep.enabled and not interrupted:  # an interrupted run measured nothing: no rows
                 record_sweep_rows(Path(cfg.sweep.dir), summary)
         logger.close()
-    if interrupted:
-        say(world, f"interrupted by {interrupt.signal_name(stop.signum)} at step {state.step}/{cfg.train.steps}; "
-            f"checkpoint saved in {run_dir}. Rerun the same command to resume from step {state.step}")
-    else:
-        say(world, f"{state.status}: final val loss {summary['final_val_loss']}, {state.wall_time_s:.0f} s, "
-            f"summary in {run_dir / 'summary.json'}")
+        if interrupted:
+            say(world, f"interrupted by {interrupt.signal_name(stop.signum)} at step {state.step}/{cfg.train.steps}; "
+                f"checkpoint saved in {run_dir}. Rerun the same command to resume from step {state.step}")
+        else:
+            say(world, f"{state.status}: final val loss {summary['final_val_loss']}, {state.wall_time_s:.0f} s, "
+                f"summary in {run_dir / 'summary.json'}")
+        distributed.barrier()  # ranks leave together: torchrun stops the others when one exits non-zero
     stop.exit()  # a signal seen: hand it to a launcher's handler if any, then exit 128 + signum
     return summary
 

@@ -48,11 +48,7 @@ def init(hw: HardwareConfig) -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
-    if hw.data_parallel == "none":  # the default; ranks training separate copies is never what is meant
-        hw.data_parallel = "ddp"
-        if os.environ.get("RANK") == "0":
-            print(f"[train] {size} ranks and hardware.data_parallel=none: using ddp (set hardware.data_parallel="
-                  "fsdp to shard instead)", file=sys.stderr)
+    default_to_ddp(hw, size)
     use_cuda = hw.device in ("cuda", "auto") and torch.cuda.is_available()
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")),
                   "cuda" if use_cuda else "cpu")
@@ -62,6 +58,16 @@ def init(hw: HardwareConfig) -> World:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         atexit.register(shutdown)
     return world
+
+
+def default_to_ddp(hw: HardwareConfig, size: int) -> None:
+    """Under more than one rank, data_parallel=none (the default) means DDP: ranks that
+    each trained their own copy on their own data are never what is meant."""
+    if size > 1 and hw.data_parallel == "none":
+        hw.data_parallel = "ddp"
+        if os.environ.get("RANK", "0") == "0":
+            print(f"[train] {size} ranks and hardware.data_parallel=none: using ddp (set hardware.data_parallel="
+                  "fsdp to shard instead)", file=sys.stderr)
 
 
 def shutdown() -> None:
