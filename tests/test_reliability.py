@@ -29,9 +29,10 @@ from lrscale.data import DataConfig, TokenizerConfig, build_corpus
 from lrscale.models import ModelConfig, MoEConfig
 from lrscale.optim import OptimConfig
 from lrscale.optim.groups import validate_optim
-from lrscale.training import checkpoint, errors, loop
+from lrscale.training import checkpoint, errors, interrupt, loop
 from lrscale.training.checkpoint import CheckpointWriteError, CorruptCheckpointError, find_checkpoint
 from lrscale.training.config import TrainConfig, to_object
+from lrscale.training.distributed import World
 from lrscale.training.interrupt import Interrupted
 from lrscale.training.io import read_jsonl
 from lrscale.training.runlock import RunLock, RunLockedError
@@ -347,6 +348,23 @@ def test_ctrl_c_inside_a_decay_branch_abandons_it_and_the_rerun_redoes_it(tiny, 
     assert_same_run(resumed, ref, run_dir, Path(ref["run_dir"]))
     assert resumed["branches"][0]["val_loss"] == pytest.approx(ref["branches"][0]["val_loss"], rel=1e-6)
     assert len(read_jsonl(tmp_path / "sweep" / "results.jsonl")) == 2
+
+
+def test_a_launchers_handler_still_runs_after_the_checkpoint():
+    """submitit requeues from its own SIGUSR2 handler: ours only sets the flag, and hands the
+    signal on once the run has stopped cleanly."""
+    seen = []
+    before = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
+    try:
+        with interrupt.graceful_stop() as stop:
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert stop.requested(World()) and seen == []
+        assert signal.getsignal(signal.SIGUSR2) is not stop._handle  # restored
+        with pytest.raises(Interrupted) as e:
+            stop.exit()
+        assert seen == [signal.SIGUSR2] and e.value.code == 128 + signal.SIGUSR2
+    finally:
+        signal.signal(signal.SIGUSR2, before)
 
 
 def test_second_ctrl_c_stops_at_once_and_says_how_to_resume():

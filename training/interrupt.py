@@ -1,18 +1,20 @@
 """Clean interruption: finish the step, write a checkpoint, say how to resume, exit.
 
-SIGTERM (what Slurm and most schedulers send before SIGKILL), SIGINT (Ctrl-C) and SIGUSR1
-(submitit's "preempted or about to time out" signal) only set a flag while training runs.
-The loop reads it at each step boundary; then the run writes a checkpoint, marks itself
-`interrupted` in summary.json (never done: rerunning resumes it) and leaves with
-`Interrupted`, a SystemExit whose code is the shell's convention 128 + signal number:
-SIGTERM 143, SIGINT 130, SIGUSR1 138.
+SIGTERM (what Slurm and most schedulers send before SIGKILL), SIGINT (Ctrl-C), SIGUSR1
+and SIGUSR2 (submitit's "pre-empted or about to time out" signal: USR2 since submitit
+1.5, USR1 before) only set a flag while training runs. The loop reads it at each step
+boundary; then the run writes a checkpoint, marks itself `interrupted` in summary.json
+(never done: rerunning resumes it) and leaves with `Interrupted`, a SystemExit whose code
+is the shell's convention 128 + signal number: SIGTERM 143, SIGINT 130, SIGUSR1 138,
+SIGUSR2 140.
 
 Under torchrun the ranks agree with one tiny all-reduce (max of the signal numbers) per
 step, so they stop after the same step even when the signal reached only some of them.
 One process reads the flag directly. A second Ctrl-C stops at once (KeyboardInterrupt).
 
-A handler that was installed before ours (submitit's requeue on SIGUSR1) is called once
-the checkpoint is written, so a launcher still requeues the job it owns.
+Handlers that were installed before ours (submitit's requeue on SIGUSR2) are called,
+for each signal received, once the checkpoint is written: a launcher still requeues the
+job it owns (and then exits by itself).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Iterator
 from . import distributed
 from .distributed import World
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Interrupted(SystemExit):
@@ -43,12 +45,15 @@ class StopRequest:
     """Set by the signal handlers; read by the loop at step boundaries."""
 
     def __init__(self):
-        self.signum: int | None = None
+        self.signum: int | None = None        # the first signal: names the stop, sets the exit code
+        self.received: list[int] = []         # every signal this process got, in order
         self.previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame) -> None:
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+        if signum == signal.SIGINT and signal.SIGINT in self.received:
             raise KeyboardInterrupt("a second Ctrl-C")  # the user does not want to wait for the step
+        if signum not in self.received:
+            self.received.append(signum)
         if self.signum is None:
             self.signum = signum
 
@@ -62,12 +67,14 @@ class StopRequest:
         return bool(signum)
 
     def exit(self) -> None:
-        """Hand the signal to the handler that was there before ours (a launcher's), then exit."""
+        """Hand each signal received to the handler that was there before ours (a launcher's),
+        then exit with 128 + the first signal's number."""
         if self.signum is None:
             return
-        before = self.previous.get(self.signum)
-        if callable(before) and before is not signal.default_int_handler:
-            before(self.signum, None)  # e.g. submitit: requeue the job, then sys.exit
+        for signum in self.received:
+            before = self.previous.get(signum)
+            if callable(before) and before is not signal.default_int_handler:
+                before(signum, None)  # e.g. submitit: requeue the job, then sys.exit
         raise Interrupted(self.signum)
 
 
