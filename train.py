@@ -48,7 +48,7 @@ def run(dcfg: DictConfig) -> dict:
     """Train (or resume, or skip if already finished) the run that `dcfg` describes.
 
     Holds the run directory's lock throughout (a second process on it is refused). On
-    SIGTERM, SIGINT or SIGUSR1 it finishes the step, checkpoints, marks the run
+    SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 it finishes the step, checkpoints, marks the run
     `interrupted` and raises `interrupt.Interrupted` (exit code 128 + signal number)."""
     cfg: Config = to_object(dcfg)
     world = distributed.init(cfg.hardware)
@@ -194,8 +194,9 @@ def _run_locked(dcfg: DictConfig, cfg: Config, world: distributed.World, run_dir
                 record_sweep_rows(Path(cfg.sweep.dir), summary)
         logger.close()
         if interrupted:
+            kept = f"checkpoint saved in {run_dir / 'checkpoint'}" if state.step else "nothing trained yet"
             say(world, f"interrupted by {interrupt.signal_name(stop.signum)} at step {state.step}/{cfg.train.steps}; "
-                f"checkpoint saved in {run_dir}. Rerun the same command to resume from step {state.step}")
+                f"{kept}. Rerun the same command to resume from step {state.step}")
         else:
             say(world, f"{state.status}: final val loss {summary['final_val_loss']}, {state.wall_time_s:.0f} s, "
                 f"summary in {run_dir / 'summary.json'}")

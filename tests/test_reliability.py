@@ -208,6 +208,22 @@ def test_full_disk_during_a_checkpoint_leaves_the_previous_one_loadable(tiny, tm
     assert_same_run(resumed, ref, run_dir, Path(ref["run_dir"]))
 
 
+def test_ctrl_c_inside_a_checkpoint_write_stays_a_ctrl_c(tiny, tmp_path, monkeypatch):
+    """DCP wraps a second Ctrl-C in its CheckpointException: still a stop, not a failed write
+    nor a `failed` sweep row."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    def ctrl_c(state, checkpoint_id, **kw):
+        raise CheckpointException("save failed", {0: (KeyboardInterrupt(), None)})
+
+    monkeypatch.setattr(checkpoint.dcp, "save", ctrl_c)
+    cfg = tiny("sweep.enabled=true", f"sweep.dir={tmp_path / 'sweep'}")
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep_job(train.run, cfg)
+    assert not (tmp_path / "sweep" / "results.jsonl").exists()
+    assert find_checkpoint(train.run_dir_for(cfg)) is None
+
+
 @pytest.mark.parametrize("exc, free, needle", [
     (OSError(errno.ENOSPC, "No space left on device"), 10 << 30, "no space left"),
     (OSError(errno.EROFS, "Read-only file system"), 10 << 30, "read-only or not writable"),

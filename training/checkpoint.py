@@ -52,7 +52,7 @@ from lrscale.data.tokenizer import file_sha256
 
 from . import distributed
 from .distributed import World, barrier
-from .errors import RunError, is_interrupt, root_cause, write_failure
+from .errors import RunError, interruption, root_cause, write_failure
 from .io import save_torch, write_json
 from .loop import TrainState
 
@@ -152,8 +152,8 @@ def _legacy_unverified(path: Path) -> None:
     try:
         meta = torch.load(path / META, map_location="cpu", weights_only=False)
     except BaseException as e:  # noqa: BLE001
-        if is_interrupt(e):
-            raise
+        if (stop := interruption(e)) is not None:
+            raise stop from None
         raise CorruptCheckpointError(path, f"{MANIFEST} is missing and {META} is unreadable ({root_cause(e)})") from e
     if meta.get("format", 1) >= FORMAT:
         raise CorruptCheckpointError(path, f"{MANIFEST} is missing")
@@ -232,8 +232,8 @@ def save_checkpoint(run_dir: Path, core: nn.Module, optimizer, loader, state: Tr
         # dcp.save returns after every rank's shards are written; rank 0's errors reach every rank
         distributed.on_main(lambda: _complete_and_swap(final, tmp, old, meta), world)
     except BaseException as e:  # noqa: BLE001 - DCP's CheckpointException is a BaseException
-        if is_interrupt(e):
-            raise
+        if (stop := interruption(e)) is not None:
+            raise stop from None
         if world.is_main:
             shutil.rmtree(tmp, ignore_errors=True)  # frees the space the partial copy took
         kept = f"; the previous checkpoint {final} is intact" if final.exists() else ""
@@ -263,6 +263,6 @@ def load_checkpoint(path: Path, core: nn.Module, optimizer, loader, world: World
     except CorruptCheckpointError:
         raise
     except BaseException as e:  # noqa: BLE001 - any unreadable checkpoint is the same problem for the user
-        if is_interrupt(e):
-            raise
+        if (stop := interruption(e)) is not None:
+            raise stop from None
         raise CorruptCheckpointError(path, f"it cannot be loaded ({root_cause(e)})") from e

@@ -43,7 +43,7 @@ class TrainConfig:
                 ("probe_every", 0, "0 = off")):
             value = getattr(self, name)
             if value < lowest:
-                raise ValueError(f"train.{name}={value} must be >= {lowest} ({meaning}); set train.{name}")
+                raise ValueError(f"train.{name}={value} must be >= {lowest} ({meaning}); set train.{name} to at least {lowest}")
         if not self.divergence_factor > 1.0:
             raise ValueError(f"train.divergence_factor={self.divergence_factor} must be > 1 (a run diverged when its "
                              "loss exceeds this multiple of its first loss; 2.0 is the default)")

@@ -25,11 +25,6 @@ class RunError(RuntimeError):
     """A problem with the run's files or environment; the message says what to do."""
 
 
-def is_interrupt(exc: BaseException) -> bool:
-    """The BaseExceptions that must keep their meaning: never recorded as a failed run."""
-    return isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit))
-
-
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """exc, its causes and contexts, and the per-rank errors inside a CheckpointException."""
     seen, todo = set(), [exc]
@@ -43,6 +38,15 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         if isinstance(failures, dict):
             todo += [f[0] if isinstance(f, tuple) else f for f in failures.values()]
         todo += [e.__cause__, e.__context__]
+
+
+def interruption(exc: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or SystemExit in exc's chain, which must keep its meaning (stop
+    the process, never become a failed run): DCP wraps a Ctrl-C in its CheckpointException."""
+    for e in _chain(exc):
+        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            return e
+    return None
 
 
 def disk_error(exc: BaseException) -> OSError | None:

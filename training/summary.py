@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from lrscale.optim import ScheduleConfig, horizon_lr, wsd_decay_steps
 
 from .checkpoint import CorruptCheckpointError, quarantine_checkpoint
-from .errors import is_interrupt
+from .errors import interruption
 from .io import dumps, write_json
 from .rundir import config_hash, run_dir_for
 from .runlock import LOCK, RunLockedError
@@ -232,8 +232,8 @@ def run_sweep_job(run, dcfg: DictConfig) -> dict:
         print(f"[sweep] job {run_dir_for(dcfg).name} skipped: {e}", file=sys.stderr)
         return {"status": "skipped", "error": str(e), "wall_time_s": 0.0}
     except BaseException as e:  # noqa: BLE001 - any crash of one job is data for the sweep
-        if is_interrupt(e):
-            raise
+        if (stop := interruption(e)) is not None:
+            raise stop from None
         err = f"{type(e).__name__}: {e}"
         print(f"[sweep] job {run_dir_for(dcfg).name} failed: {err}", file=sys.stderr)
         traceback.print_exc()
