@@ -112,6 +112,22 @@ def test_damaged_shard_is_detected_and_never_trained_from(tiny, monkeypatch, how
     assert shard.exists() and not (run_dir / "summary.json").exists()  # a single run deletes nothing
 
 
+def test_a_base_exception_from_checkpoint_loading_is_a_clear_error(tiny, monkeypatch):
+    """DCP's CheckpointException derives from BaseException; `except Exception` missed it."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    cfg = tiny()
+    run_dir = interrupted_run(cfg, monkeypatch)
+
+    def unreadable(state, checkpoint_id, **kw):
+        raise CheckpointException("load failed", {0: (RuntimeError("invalid header in shard"), None)})
+
+    monkeypatch.setattr(checkpoint.dcp, "load", unreadable)
+    with pytest.raises(CorruptCheckpointError) as e:
+        train.run(cfg)
+    assert "RuntimeError: invalid header in shard" in str(e.value) and str(run_dir / "checkpoint") in str(e.value)
+
+
 def test_checkpoint_without_its_manifest_is_refused_but_a_legacy_one_loads(tiny, monkeypatch, capsys):
     cfg = tiny()
     run_dir = interrupted_run(cfg, monkeypatch)

@@ -58,13 +58,14 @@ def disk_error(exc: BaseException) -> OSError | None:
 
 
 def root_cause(exc: BaseException) -> str:
-    """'Type: first line of message' of the innermost error, for one-line reports."""
-    inner = list(_chain(exc))
-    for e in reversed(inner):
-        if not type(e).__name__ == "CheckpointException":
-            first = (str(e).strip().splitlines() or [""])[0]
-            return f"{type(e).__name__}: {first}" if first else type(e).__name__
-    return type(exc).__name__
+    """'Type: first line of message' of an error, or of the first rank's error inside a
+    CheckpointException (whose own message is every rank's traceback)."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        first = next(iter(failures.values()))
+        exc = first[0] if isinstance(first, tuple) else first
+    line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def free_bytes(path: Path) -> int | None:
