@@ -194,12 +194,16 @@ def _single_process_is_intended():
 
 
 def _fsync_dir(path: Path) -> None:
-    """Make a rename durable: the directory entry, not only the file, must reach the disk."""
-    fd = os.open(path, os.O_RDONLY)
+    """Make a rename durable: the directory entry, not only the file, must reach the disk.
+    Best effort: some network filesystems refuse fsync on a directory."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def _complete_and_swap(final: Path, tmp: Path, old: Path, meta: dict) -> None:

@@ -17,6 +17,8 @@ from typing import Callable, Iterator
 
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+# The settings that decide where the project writes, named in the fix of a failed write.
+WHERE = "run.root, sweep.dir, data.cache_dir or $LRSCALE_CACHE"
 # Below this much free space a write that failed without an errno is taken for a full disk.
 LOW_SPACE_BYTES = 64 << 20
 
@@ -87,11 +89,11 @@ def write_failure(path: Path, exc: BaseException) -> str:
     full = (err is not None and err.errno in DISK_FULL) or (err is None and free is not None and free < LOW_SPACE_BYTES)
     if full:
         left = f" ({free / 2**20:.0f} MiB free)" if free is not None else ""
-        return (f"cannot write {path}: no space left on the device{left}. Free space there, or point run.root "
-                "(and sweep.dir) at another disk, then rerun the same command to resume")
+        return (f"cannot write {path}: no space left on the device{left}. Free space there, or point the setting "
+                f"that holds it ({WHERE}) at another disk, then rerun the same command to resume")
     if err is not None:
         return (f"cannot write {path}: {err.strerror or 'not writable'} (read-only or not writable location). "
-                "Make it writable, or set run.root (and sweep.dir) to a writable directory, then rerun")
+                f"Make it writable, or point the setting that holds it ({WHERE}) at a writable directory, then rerun")
     return f"cannot write {path} ({root_cause(exc)})"
 
 
