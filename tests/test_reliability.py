@@ -86,7 +86,8 @@ def damage(path: Path, how: str) -> None:
 
 
 def interrupted_run(cfg, monkeypatch, at: int = 7) -> Path:
-    """A run killed at step `at`, leaving the checkpoint of step 4 (tiny: ckpt_every=4)."""
+    """A run killed at step `at`, leaving the checkpoint of step 4 (tiny: ckpt_every=4). Undoes
+    the test's monkeypatches so far."""
     stop_at(monkeypatch, at, killed)
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg)
@@ -94,6 +95,17 @@ def interrupted_run(cfg, monkeypatch, at: int = 7) -> Path:
     run_dir = train.run_dir_for(cfg)
     assert (run_dir / "checkpoint" / checkpoint.MANIFEST).exists()
     return run_dir
+
+
+def wait_for_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while len([r for r in read_jsonl(path) if "train_loss" in r]) < n:
+        if proc.poll() is not None:
+            pytest.fail(f"exited {proc.returncode} before logging {n} steps: {proc.stderr.read()[-3000:]}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            pytest.fail(f"no {n} steps logged in {timeout} s")
+        time.sleep(0.05)
 
 
 # ---- damaged checkpoints -------------------------------------------------------------------
@@ -283,17 +295,6 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path, capsys):
     holder.wait()
     with RunLock(tmp_path):
         assert f"pid {holder.pid}" in capsys.readouterr().err  # says whose lock it took over
-
-
-def wait_for_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    t0 = time.time()
-    while len([r for r in read_jsonl(path) if "train_loss" in r]) < n:
-        if proc.poll() is not None:
-            pytest.fail(f"exited {proc.returncode} before logging {n} steps: {proc.stderr.read()[-3000:]}")
-        if time.time() - t0 > timeout:
-            proc.kill()
-            pytest.fail(f"no {n} steps logged in {timeout} s")
-        time.sleep(0.05)
 
 
 def test_two_identical_commands_one_is_refused_and_no_row_is_doubled(tmp_path, data_cache):
