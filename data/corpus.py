@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from .config import EOT_TOKEN, DataConfig, as_data_config, cache_root, validate_config
 from .sources import Doc, DocSource, corpus_fingerprint, get_source, in_val
-from .tokenizer import build_tokenizer, check_kind, file_sha256, load_tokenizer, tokenizer_key
+from .tokenizer import build_tokenizer, check_kind, file_sha256, id_space, load_tokenizer, tokenizer_key
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class CorruptCacheError(RuntimeError):
 class TokenCorpus:
     train: np.ndarray          # 1-D token ids, read-only memmap
     val: np.ndarray            # 1-D token ids, read-only memmap (empty when data.val_fraction=0)
-    vocab_size: int            # real size of the tokenizer (the model may pad above it)
+    vocab_size: int            # largest token id + 1 (the token count unless ids are sparse; the model may pad above it)
     eot_id: int                # id of <|endoftext|>, placed between documents
     fingerprint: Dict[str, Any]
     tokenizer_path: str
@@ -267,9 +267,9 @@ def _build_cache(cfg: DataConfig, source: DocSource, fp: Dict[str, Any], tok_key
     try:
         tok = build_tokenizer(cfg.tokenizer, lambda: _bpe_texts(cfg, source))
         tok.save(str(tmp / "tokenizer.json"))
-        vocab_size = tok.get_vocab_size()
+        vocab_size = id_space(tok)  # not the token count: ids may be sparse
         eot_id = tok.token_to_id(EOT_TOKEN)
-        dtype = np.dtype(np.uint16 if vocab_size < 2**16 else np.uint32)
+        dtype = np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
         splits = _write_splits(cfg, source, tok, dtype, eot_id, tmp)
         meta = {
             "cache_format": CACHE_FORMAT,

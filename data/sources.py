@@ -68,6 +68,27 @@ def _read_text(path: Path) -> str:
     return path.read_bytes().decode("utf-8", errors="replace")
 
 
+# More undecodable characters than this share (or any NUL byte) and a file is no text corpus.
+MAX_UNDECODABLE = 0.05
+
+
+def _read_text_file(path: Path) -> str:
+    """A user's corpus file as text. A binary file (or one in another encoding) would
+    otherwise train silently on U+FFFD replacement characters: refused by name."""
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="replace")
+    # U+FFFD that the file really contains is text; only the ones decoding added count.
+    bad = text.count("\ufffd") - raw.count("\ufffd".encode())
+    share = bad / max(1, len(text))
+    if b"\x00" in raw or share > MAX_UNDECODABLE:
+        why = "it contains NUL bytes" if b"\x00" in raw else f"{share:.0%} of it is not UTF-8"
+        raise ValueError(f"data.paths: {path} is not a UTF-8 text file ({why}); remove it from data.paths or "
+                         "narrow the glob (e.g. '*.txt'), or convert it to UTF-8")
+    if bad:
+        print(f"[data] warning: {path}: {bad} byte sequence(s) are not UTF-8 and become U+FFFD", file=sys.stderr)
+    return text
+
+
 def _line_chunks(text: str, chunk_bytes: int = CHUNK_BYTES) -> List[str]:
     """Cut text at line boundaries into pieces of at most chunk_bytes (a longer single
     line stays whole). "".join(result) == text."""
@@ -185,7 +206,7 @@ def text_files_source(cfg: DataConfig) -> DocSource:
     def docs() -> Iterator[Doc]:
         pos = 0
         for key, path in files:
-            for i, chunk in enumerate(_line_chunks(_read_text(path))):
+            for i, chunk in enumerate(_line_chunks(_read_text_file(path))):
                 yield Doc(key=f"{key}#{i}", text=chunk, pos=pos, continues=i > 0)
                 pos += 1
 

@@ -83,14 +83,24 @@ def load_files(cfg: TokenizerConfig, train_texts: Optional[Callable[[], Iterator
     vocab, merges = _tokenizer_files(cfg)
     tok = _byte_level(models.BPE.from_file(str(vocab), str(merges)))
     tok.add_special_tokens([EOT_TOKEN])  # existing vocab entry -> same id; else appended
-    n = tok.get_vocab_size()
+    ids = list(tok.get_vocab(with_added_tokens=True).values())
+    if len(set(ids)) != len(ids):  # EOT is appended at id len(vocab), which a sparse vocab may already use
+        raise ValueError(f"data.tokenizer.vocab_file={cfg.vocab_file!r}: two tokens share an id once {EOT_TOKEN} is "
+                         f"added at id {tok.token_to_id(EOT_TOKEN)}; give {EOT_TOKEN} its own id in the file")
+    n = id_space(tok)
     if n > cfg.vocab_size:
         raise ValueError(
             f"data.tokenizer.vocab_size={cfg.vocab_size} is smaller than the loaded vocabulary "
-            f"({n} tokens incl. {EOT_TOKEN}); set data.tokenizer.vocab_size >= {n} "
+            f"(ids up to {n - 1} incl. {EOT_TOKEN}); set data.tokenizer.vocab_size >= {n} "
             "(the model's embedding may be padded above it)"
         )
     return _finish(tok)
+
+
+def id_space(tok: Tokenizer) -> int:
+    """Largest token id + 1: the embedding rows and the token cache's dtype must cover every
+    id, and a vocab.json may number its tokens sparsely (then this exceeds the token count)."""
+    return max(tok.get_vocab(with_added_tokens=True).values()) + 1
 
 
 # kind -> builder(cfg, train_texts). Builders that do not train ignore train_texts.

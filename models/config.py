@@ -90,11 +90,19 @@ class ModelConfig:
         need(self.d_model % self.n_heads == 0,
              f"model.n_heads={self.n_heads} must divide model.d_model={self.d_model}")
         need(self.d_head % 2 == 0, f"head size d_model/n_heads={self.d_head} must be even for RoPE")
+        # Before the divisibility check: n % -1 == 0, so a negative count would pass it.
+        need(self.n_kv_heads >= 0, f"model.n_kv_heads={self.n_kv_heads} must be >= 0 "
+             "(0 = n_heads, no grouped-query attention)")
         need(self.n_heads % self.kv_heads == 0,
              f"model.n_kv_heads={self.kv_heads} must divide model.n_heads={self.n_heads}")
-        need(self.d_ff >= 0, "model.d_ff must be >= 0 (0 = 8/3 * d_model)")
+        need(self.d_ff >= 0, f"model.d_ff={self.d_ff} must be >= 0 (0 = 8/3 * d_model)")
+        need(self.rope_theta > 0, f"model.rope_theta={self.rope_theta} must be positive (10000 is the default)")
+        need(self.norm_eps > 0, f"model.norm_eps={self.norm_eps} must be positive (1e-5 is the default)")
         m = self.moe
-        need(m.num_experts >= 0, "model.moe.num_experts must be >= 0 (0 = dense)")
+        need(m.num_experts >= 0, f"model.moe.num_experts={m.num_experts} must be >= 0 (0 = dense)")
+        need(m.d_expert >= 0, f"model.moe.d_expert={m.d_expert} must be >= 0 (0 = the dense d_ff)")
+        for name in ("aux_loss_coef", "z_loss_coef", "bias_update_rate"):
+            need(getattr(m, name) >= 0, f"model.moe.{name}={getattr(m, name)} must be >= 0 (0 = off)")
         if m.num_experts > 0:
             need(1 <= m.top_k <= m.num_experts,
                  f"model.moe.top_k={m.top_k} must be between 1 and model.moe.num_experts={m.num_experts}")

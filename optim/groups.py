@@ -60,8 +60,16 @@ def validate_optim(cfg: OptimConfig) -> None:
         raise ValueError(f"optim.weight_decay_mode='{cfg.weight_decay_mode}' is unknown; valid: {', '.join(WEIGHT_DECAY_MODES)}")
     if cfg.weight_decay_mode == "timescale" and cfg.wd_timescale_tokens <= 0:
         raise ValueError("optim.weight_decay_mode=timescale needs optim.wd_timescale_tokens > 0 (tau in tokens)")
-    if cfg.lr <= 0 or len(cfg.betas) != 2 or cfg.eps <= 0 or cfg.weight_decay < 0:
-        raise ValueError("optim: need lr > 0, two betas, eps > 0 and weight_decay >= 0")
+    if not cfg.lr > 0:
+        raise ValueError(f"optim.lr={cfg.lr} must be positive (the peak learning rate, e.g. optim.lr=3e-3)")
+    if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
+        raise ValueError(f"optim.betas={list(cfg.betas)} must be two numbers in [0, 1), e.g. optim.betas=[0.9,0.95]")
+    if not cfg.eps > 0:
+        raise ValueError(f"optim.eps={cfg.eps} must be positive (Adam's epsilon, e.g. 1e-8)")
+    if not cfg.weight_decay >= 0:
+        raise ValueError(f"optim.weight_decay={cfg.weight_decay} must be >= 0 (0 = off)")
+    if not cfg.grad_clip >= 0:
+        raise ValueError(f"optim.grad_clip={cfg.grad_clip} must be >= 0 (max global grad norm; 0 = off)")
 
 
 def build_param_groups(model: nn.Module, table: list[dict], cfg: OptimConfig, base_lr: float,

@@ -8,11 +8,14 @@ the losses. The one-process reference is one module-scoped run in this process.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -150,11 +153,65 @@ def test_1_rank_checkpoint_resumes_on_2_ranks_with_fsdp(ref, tmp_path, data_cach
     assert_same_losses(losses(run_dir), ref[0], range(1, STEPS + 1))
 
 
-def test_more_ranks_without_data_parallel_is_an_error(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    with pytest.raises(ValueError, match="hardware.data_parallel=ddp"):
-        distributed.init(HardwareConfig())
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker of that rank (a child of `parent` with RANK=rank)."""
+    for d in Path("/proc").iterdir():
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent and f"\0RANK={rank}\0".encode() in b"\0" + (d / "environ").read_bytes():
+                return int(d.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(ref, tmp_path, data_cache):
+    """A signal that reaches one rank stops both after the same step (the per-step all-reduce),
+    with one checkpoint of both ranks' shards and one `interrupted` summary. Without
+    hardware.data_parallel, two ranks train as DDP."""
+    from lrscale.training.checkpoint import META, verify_checkpoint
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "train.py", *overrides(tmp_path, data_cache, "stop", "train.steps=3000")],
+                         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "stop"
+    try:
+        deadline = time.time() + 120
+        while len([r for r in read_jsonl(run_dir / "metrics.jsonl") if "train_loss" in r]) < 2:
+            assert p.poll() is None and time.time() < deadline, "torchrun ended or stalled before step 2"
+            time.sleep(0.05)
+        os.kill(_rank_pid(p.pid, 1), signal.SIGTERM)  # rank 1 only; rank 0 learns it from the all-reduce
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode != 0  # torchrun reports its workers' 143
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM", err[-3000:]
+    stopped = summary["steps"]
+    assert err.count("[train] interrupted by SIGTERM") == 1 and err.count("using ddp") == 1
+    tr, _ = losses(run_dir)  # fails on a step logged twice
+    assert sorted(tr) == list(range(1, stopped + 1))
+    for s in range(1, min(stopped, STEPS) + 1):  # constant LR: the 6-step reference is a prefix
+        assert tr[s] == pytest.approx(ref[0][0][s], rel=1e-5, abs=1e-6), s
+    ckpt = run_dir / "checkpoint"
+    verify_checkpoint(ckpt)
+    assert sorted(f.name for f in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert torch.load(ckpt / META, weights_only=False)["state"]["step"] == stopped
+
+
+def test_more_ranks_without_data_parallel_use_ddp(capsys):
+    """Issue #11: each rank training its own copy is never meant, so `none` under torchrun is DDP
+    (end to end in test_sigterm_to_one_rank_stops_every_rank_after_the_same_step)."""
+    hw = HardwareConfig()
+    distributed.default_to_ddp(hw, 1)
+    assert hw.data_parallel == "none"
+    distributed.default_to_ddp(hw, 2)
+    assert hw.data_parallel == "ddp" and "using ddp" in capsys.readouterr().err
+    fsdp = HardwareConfig(data_parallel="fsdp")
+    distributed.default_to_ddp(fsdp, 2)
+    assert fsdp.data_parallel == "fsdp"
 
 
 # ---- checkpoints are written atomically ----------------------------------------------------

@@ -94,6 +94,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (["model.n_heads=3"], "model.n_heads"),             # impossible shape, caught at config time
     (["hardware.attention_backend=warp"], "valid:"),    # unknown backend lists the valid ones
     (["train.steps=abc"], "train.steps"),               # wrong type
+    (["+train.stepz=5"], "did you mean train.steps?"),  # a '+' (Hydra's own hint) does not bypass the schema
 ])
 def test_bad_overrides_exit_nonzero_naming_the_field(args, needle, tmp_path):
     p = run_cli(*args, f"run.root={tmp_path}")

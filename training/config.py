@@ -1,7 +1,16 @@
 """The top-level typed config. Hydra composes YAML onto this schema, so a misspelled
-key or a wrong type is an error, and `to_object` runs every dataclass's validation."""
+key or a wrong type is an error, and `to_object` runs every dataclass's validation.
+
+One hole in that: Hydra's `+key=value` adds a key even to a typed node (its own hint for
+a misspelled key is to add the `+`), and the dataclass then drops it silently.
+`check_known_keys` closes it: every key of the composed config must be a field of its
+node's dataclass. Nodes that are plain dicts (none today; a `Dict[...]` field would be
+one) stay open on purpose.
+"""
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -25,6 +34,19 @@ class TrainConfig:
     seed: int = 0
     divergence_factor: float = 2.0    # diverged when the train loss exceeds this x its first value (or is not finite)
     probe_every: int = 0              # training probes (activation RMS, update sizes, ...); 0 = off
+
+    def __post_init__(self) -> None:
+        for name, lowest, meaning in (
+                ("steps", 1, "optimizer steps of the main run"), ("batch_size", 1, "global batch, in sequences"),
+                ("micro_batch_size", 0, "0 = the whole per-rank batch"), ("eval_every", 1, "steps between evals"),
+                ("eval_batches", 1, "validation batches per eval"), ("ckpt_every", 0, "0 = only at the end"),
+                ("probe_every", 0, "0 = off")):
+            value = getattr(self, name)
+            if value < lowest:
+                raise ValueError(f"train.{name}={value} must be >= {lowest} ({meaning}); set train.{name} to at least {lowest}")
+        if not self.divergence_factor > 1.0:
+            raise ValueError(f"train.divergence_factor={self.divergence_factor} must be > 1 (a run diverged when its "
+                             "loss exceeds this multiple of its first loss; 2.0 is the default)")
 
 
 @dataclass
@@ -55,6 +77,10 @@ class LoggingConfig:
     progress: bool = True             # console progress bar
     print_param_table: bool = True
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ValueError(f"logging.log_every={self.log_every} must be >= 1 (steps between metrics rows)")
 
 
 @dataclass
@@ -107,6 +133,36 @@ def register_configs() -> None:
         cs.store(group=group, name=f"{group}_schema", node=node)
 
 
+def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted keys of a composed config that are no field of their node's dataclass,
+    each with a suggestion when one field is close ("train.stepz (did you mean train.steps?)")."""
+    schema = OmegaConf.get_type(cfg)
+    fields = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    found = []
+    for key in cfg.keys():
+        if prefix == "" and key == "hydra":  # Hydra's own node (present in callbacks), not the job's
+            continue
+        path = f"{prefix}{key}"
+        if fields is not None and key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            found.append(f"{path} (did you mean {prefix}{close[0]}?)" if close else
+                         f"{path} (valid: {', '.join(fields)})")
+            continue
+        child = cfg._get_node(key)
+        if OmegaConf.is_dict(child) and not OmegaConf.is_missing(cfg, key):
+            found += unknown_keys(child, f"{path}.")
+    return found
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ValueError(f"unknown config key(s): {'; '.join(unknown)}. These are not in the schema "
+                         "(training/config.py and the groups' dataclasses), so they would be ignored; fix the name "
+                         "and drop the '+' (without it Hydra checks the name)")
+
+
 def to_object(cfg: DictConfig) -> Config:
-    """Resolve interpolations and build the dataclasses (running their validation)."""
+    """Check the keys, resolve interpolations and build the dataclasses (running their validation)."""
+    check_known_keys(cfg)
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]

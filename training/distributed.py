@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import inspect
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
 
@@ -47,9 +48,7 @@ def init(hw: HardwareConfig) -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
-    if hw.data_parallel not in ("ddp", "fsdp"):
-        raise ValueError(f"{size} processes were launched but hardware.data_parallel='{hw.data_parallel}': each "
-                         "rank would train its own copy on its own data. Set hardware.data_parallel=ddp (or fsdp)")
+    default_to_ddp(hw, size)
     use_cuda = hw.device in ("cuda", "auto") and torch.cuda.is_available()
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")),
                   "cuda" if use_cuda else "cpu")
@@ -59,6 +58,16 @@ def init(hw: HardwareConfig) -> World:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         atexit.register(shutdown)
     return world
+
+
+def default_to_ddp(hw: HardwareConfig, size: int) -> None:
+    """Under more than one rank, data_parallel=none (the default) means DDP: ranks that
+    each trained their own copy on their own data are never what is meant."""
+    if size > 1 and hw.data_parallel == "none":
+        hw.data_parallel = "ddp"
+        if os.environ.get("RANK", "0") == "0":
+            print(f"[train] {size} ranks and hardware.data_parallel=none: using ddp (set hardware.data_parallel="
+                  "fsdp to shard instead)", file=sys.stderr)
 
 
 def shutdown() -> None:
@@ -83,7 +92,9 @@ def on_main(fn: Callable[[], T], world: World) -> T:
     if world.is_main:
         try:
             box[0] = (True, fn())
-        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # noqa: BLE001 - re-raised on every rank below (CheckpointException included)
             box[0] = (False, e)
     dist.broadcast_object_list(box, src=0)
     ok, value = box[0]
@@ -109,6 +120,15 @@ def mean_across_ranks(values: Sequence[float]) -> list[float]:
     t = torch.tensor(list(values), dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return (t / dist.get_world_size()).tolist()
+
+
+def max_across_ranks(value: float) -> float:
+    """The largest of one number over ranks (e.g. a stop flag: any rank's signal stops all)."""
+    if not _active():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 @torch.no_grad()

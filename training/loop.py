@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ class TrainState:
     best_val_loss: float = math.inf
     last_val_loss: float | None = None
     wall_time_s: float = 0.0
-    status: str = "running"           # running | completed | diverged | failed
+    status: str = "running"           # running | completed | diverged | interrupted | failed
     branches: list = field(default_factory=list)  # finished decay-branch results
 
 
@@ -143,11 +144,14 @@ def _to_cpu(obj):
 
 
 def run_decay_branch(ctx: StepContext, loader, val_batches: list, start: int, end: int, factor,
-                     divergence_factor: float, state: TrainState) -> dict:
+                     divergence_factor: float, state: TrainState,
+                     stop_requested: Callable[[], bool] = lambda: False) -> dict:
     """Fork a WSD decay from the stable state at `start`, train to `end`, evaluate, return.
 
     The loader is a pure function of the step, so the branch sees exactly the batches a
     separate run to `end` would see; afterwards the main run resumes from the snapshot.
+    `stop_requested` is asked before each step (collective under torchrun); when it says
+    stop, the branch is abandoned with status `interrupted` and the state restored.
     """
     snap = snapshot(ctx.core, ctx.optimizer)
     main_factor = ctx.schedule.factor
@@ -155,6 +159,8 @@ def run_decay_branch(ctx: StepContext, loader, val_batches: list, start: int, en
     status = "ok"
     try:
         for step in range(start, end):
+            if stop_requested():
+                return {"steps": end, "decay_steps": end - start, "val_loss": None, "status": "interrupted"}
             x, y = loader.batch(step)
             loss = train_step(ctx, x, y, step)["loss"]
             if diverged(loss, state, divergence_factor):

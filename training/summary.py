@@ -21,8 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrscale.optim import ScheduleConfig, horizon_lr, wsd_decay_steps
 
+from .checkpoint import CorruptCheckpointError, quarantine_checkpoint
+from .errors import interruption
 from .io import dumps, write_json
 from .rundir import config_hash, run_dir_for
+from .runlock import LOCK, RunLockedError
 
 RESULTS = "results.jsonl"
 
@@ -67,7 +70,7 @@ def existing_summary(run_dir: Path, resume: str, chash: str | None = None) -> di
     if resume not in ("auto", "never"):
         raise ValueError(f"run.resume='{resume}' is unknown; valid: auto, never")
     path = run_dir / "summary.json"
-    if resume == "never" and run_dir.exists() and any(run_dir.iterdir()):
+    if resume == "never" and run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()):
         raise FileExistsError(f"run directory {run_dir} exists and run.resume=never; "
                               "pick another run.name or use run.resume=auto")
     if path.exists():
@@ -79,8 +82,9 @@ def existing_summary(run_dir: Path, resume: str, chash: str | None = None) -> di
         if chash and summary.get("config_hash") not in (None, chash):
             raise FileExistsError(f"{run_dir} holds a run of another config (hash {summary.get('config_hash')}, "
                                   f"this one {chash}); pick another run.name or leave it empty")
-        # A crash may be transient (out of memory, a killed node): retry it. Diverged is data.
-        return None if summary.get("status") == "failed" else summary
+        # A crash may be transient (out of memory, a killed node): retry it. An interrupted run
+        # resumes. Diverged is data.
+        return None if summary.get("status") in ("failed", "interrupted") else summary
     return None
 
 
@@ -216,12 +220,20 @@ def record_sweep_rows(sweep_dir: Path, summary: dict) -> int:
 
 def run_sweep_job(run, dcfg: DictConfig) -> dict:
     """Run one sweep job and make sure the table holds its rows; a crash becomes a `failed`
-    row (with the error) so the sweep goes on. Returns the job's summary."""
+    row (with the error) so the sweep goes on. Returns the job's summary.
+
+    Every exception type counts as a crash (DCP's CheckpointException is a BaseException),
+    except the ones that stop the process: Ctrl-C, SystemExit and a clean interruption
+    (interrupt.Interrupted), which writes no row since an interrupted run measured nothing.
+    A job whose run directory another process holds is skipped: that process records it."""
     try:
-        summary = run(dcfg)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as e:  # noqa: BLE001 - any crash of one job is data for the sweep
+        summary = _run_past_bad_checkpoints(run, dcfg)
+    except RunLockedError as e:
+        print(f"[sweep] job {run_dir_for(dcfg).name} skipped: {e}", file=sys.stderr)
+        return {"status": "skipped", "error": str(e), "wall_time_s": 0.0}
+    except BaseException as e:  # noqa: BLE001 - any crash of one job is data for the sweep
+        if (stop := interruption(e)) is not None:
+            raise stop from None
         err = f"{type(e).__name__}: {e}"
         print(f"[sweep] job {run_dir_for(dcfg).name} failed: {err}", file=sys.stderr)
         traceback.print_exc()
@@ -232,6 +244,21 @@ def run_sweep_job(run, dcfg: DictConfig) -> dict:
     if _is_main_rank():
         record_sweep_rows(Path(dcfg.sweep.dir), summary)
     return summary
+
+
+def _run_past_bad_checkpoints(run, dcfg: DictConfig, attempts: int = 3) -> dict:
+    """run(dcfg); a checkpoint that fails verification is moved aside (kept) and the run
+    restarts from the one before it or from scratch, with a warning, instead of failing
+    this job on every rerun of the sweep."""
+    for _ in range(attempts):
+        try:
+            return run(dcfg)
+        except CorruptCheckpointError as e:
+            if _is_main_rank():  # every rank raised it; one moves the directory
+                moved = quarantine_checkpoint(e.path)
+                print(f"[sweep] warning: job {run_dir_for(dcfg).name}: {e.reason}; moved {e.path} to {moved} "
+                      "(kept for inspection) and restarting the run without it", file=sys.stderr)
+    return run(dcfg)
 
 
 def _is_main_rank() -> bool:

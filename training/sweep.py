@@ -5,7 +5,8 @@ fit_grid.yaml); each job is one `train.run` with WSD decay branches, idempotent 
 recorded in `<sweep.dir>/results.jsonl` (training/summary.py). `SweepCallback`, listed
 under `hydra.callbacks`, adds what no single job can do:
 
-    on_multirun_start  write <sweep.dir>/sweep_plan.json (the job list), print its size
+    on_multirun_start  refuse keys outside the schema; write <sweep.dir>/sweep_plan.json (the job
+                       list), print its size
     on_job_start       "[sweep] job k/n model=... optim.lr=... | elapsed ..."
     on_job_end         "[sweep] job k/n done: completed, val loss ..., 42 s"
     on_multirun_end    results.csv, then the fit: fit.json, report.md, figures (analysis/)
@@ -27,6 +28,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .config import check_known_keys
 from .io import read_jsonl, write_json, write_text
 
 PLAN = "sweep_plan.json"
@@ -130,6 +132,7 @@ class SweepCallback(Callback):
         self.t0 = time.time()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_known_keys(config)  # a '+' typo would fail every job the same way: refuse it once, up front
         sweep_dir = Path(config.sweep.dir)
         jobs = job_overrides(config)
         self.t0 = time.time()
