@@ -248,7 +248,9 @@ def test_checkpoint_survives_a_kill_at_any_point_of_a_save(tmp_path, monkeypatch
 def _tiny_model() -> tuple[Transformer, list[dict]]:
     cfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, vocab_size=64, seq_len=16,
                       moe=MoEConfig(num_experts=4, top_k=2, balance="aux_free", bias_update_rate=0.05))
-    param = build_parametrization(ParametrizationConfig(name="mup", base_d_model=16), cfg)  # lr_mult 0.5 and 1
+    # muP lr_mult: 1 (embedding, norms, router, unembedding), 1/2 (fan-in d_model 16 -> 32) and 2/3 (the
+    # expert down-projection: fan-in d_ff, 8/3 d rounded up to 32: 64 -> 96)
+    param = build_parametrization(ParametrizationConfig(name="mup", base_d_model=16), cfg)
     model = Transformer(cfg, param, "sdpa", "grouped_mm")
     init_weights(model, param, seed=0)
     return model, param_table(model, param)
@@ -299,6 +301,6 @@ def test_fsdp2_optimizer_keeps_group_multipliers_and_steps_like_one_process(tmp_
     opt = _one_step(model, table, 0, 1)
     got = torch.load(out)
     assert got["groups"] == [(g["lr_mult"], g["names"]) for g in opt.param_groups]
-    assert {lr for lr, _ in got["groups"]} == {0.5, 1.0}
+    assert {lr for lr, _ in got["groups"]} == {0.5, 2 / 3, 1.0}
     for name, p in model.named_parameters():
         torch.testing.assert_close(got["params"][name], p.detach(), rtol=1e-5, atol=1e-6, msg=name)
