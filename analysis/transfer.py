@@ -250,12 +250,16 @@ def stability(sweep_dir: Path, df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["variant", "size", "lr"]).reset_index(drop=True)
 
 
+def _finite(x) -> bool:
+    return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and bool(np.isfinite(x))
+
+
 def _f(x, fmt: str) -> str:
-    return "–" if x is None or not isinstance(x, (int, float, np.number)) or not np.isfinite(x) else format(x, fmt)
+    return format(x, fmt) if _finite(x) else "–"
 
 
 def _ci(lo, hi, fmt: str) -> str:
-    return "–" if not (np.isfinite(lo) and np.isfinite(hi)) else f"[{format(lo, fmt)}, {format(hi, fmt)}]"
+    return f"[{format(lo, fmt)}, {format(hi, fmt)}]" if _finite(lo) and _finite(hi) else "–"
 
 
 def markdown(opt: pd.DataFrame, axis: str) -> str:
