@@ -65,7 +65,7 @@ def read_run_configs(source: str | Path, run_ids: Iterable[str], keys: Iterable[
     table = pd.DataFrame()
     csv = source / RUN_CONFIG_FILE if source.is_dir() else source.with_name(RUN_CONFIG_FILE)
     if csv.is_file():
-        table = pd.read_csv(csv, dtype={"run_id": str}).set_index("run_id")
+        table = pd.read_csv(csv, dtype={"run_id": str}, keep_default_na=False, na_values=[""]).set_index("run_id")
     rows, missing = [], []
     for run_id in run_ids:
         cfg_path = (source if source.is_dir() else source.parent) / "runs" / run_id / "config.yaml"
@@ -100,6 +100,26 @@ def write_run_configs(source: str | Path, run_ids: Iterable[str], keys: Iterable
     path = Path(out) / RUN_CONFIG_FILE
     table.to_csv(path, index=False)
     return path
+
+
+def export_study_tables(sweep_dir: str | Path, out: str | Path, run_ids: Iterable[str], keys: Iterable[str]) -> list[str]:
+    """What an experiment folder needs to be re-analysed without run directories: run_config.csv,
+    and a copy of the sweep's results table (results.csv, else results.jsonl) when `out` is
+    another folder. Returns the file names written. Does nothing for a source without runs/."""
+    import shutil
+
+    from lrscale.analysis.results import RESULTS_CSV, RESULTS_FILE
+    sweep_dir, out = Path(sweep_dir), Path(out)
+    if not (sweep_dir / "runs").is_dir():
+        return []
+    written = [write_run_configs(sweep_dir, run_ids, keys, out).name]
+    if out.resolve() != sweep_dir.resolve():
+        for name in (RESULTS_CSV, RESULTS_FILE):
+            if (sweep_dir / name).is_file():
+                shutil.copyfile(sweep_dir / name, out / name)
+                written.append(name)
+                break
+    return written
 
 
 def _short(key: str) -> str:

@@ -47,8 +47,8 @@ from hydra.experimental.callback import Callback
 from lrscale.analysis.drift import log2_drift
 from lrscale.analysis.fitting import InsufficientDataError, LrFit, fit_lr_curve
 from lrscale.analysis.plots import new_figure, save_figure
-from lrscale.analysis.run_configs import (DEPTH_KEY, RESULT_AXES, axis_label, load_runs,
-                                          write_run_configs)
+from lrscale.analysis.run_configs import (DEPTH_KEY, RESULT_AXES, axis_label, export_study_tables,
+                                          load_runs)
 
 AXES = RESULT_AXES  # the fast-path axes; any dotted config key works too
 EQ2_WINDOW = 5      # Eq. 2 is fitted over the 5 LRs nearest the grid minimum: the quadratic only holds near it
@@ -311,8 +311,7 @@ def write_transfer(sweep_dir: str | Path, out: str | Path | None = None, *, axis
     plot_transfer(df, opt, out / "transfer.png", axis=axis, caption=caption)
     opt.to_csv(out / "transfer.csv", index=False)
     stability(sweep_dir, df).to_csv(out / "stability.csv", index=False, float_format="%.4g")
-    if (sweep_dir / "runs").is_dir():
-        write_run_configs(sweep_dir, df["run_id"], config_keys_used(axis, variant_keys), out)
+    export_study_tables(sweep_dir, out, df["run_id"], config_keys_used(axis, variant_keys))
     (out / "transfer.md").write_text(markdown(opt, axis))
     summary = {"sweep_dir": str(sweep_dir), "axis": axis, "variant_keys": variant_keys, "tokens": tokens,
                "caption": caption, "n_runs": len(df), "eq2_window": EQ2_WINDOW,
