@@ -196,7 +196,7 @@ def load_runs(source: str | Path, axis: str = "d_model", *, variant_keys: Iterab
                      for r, p, a, rec in zip(df["run_id"], df["parametrization"], df[DEPTH_KEY],
                                              df[variant_keys].to_dict("records") if variant_keys
                                              else [{}] * len(df))]
-    if cfg.attrs["missing"] and (variant_keys or axis not in RESULT_AXES) and not legacy:
+    if cfg.attrs["missing"] and (axis not in RESULT_AXES or (variant_keys and not legacy)):
         raise ValueError(f"{len(cfg.attrs['missing'])} run(s) have no config.yaml and no row in "
                          f"{RUN_CONFIG_FILE} (e.g. {cfg.attrs['missing'][0]}); the variant keys / axis need "
                          f"them: commit {RUN_CONFIG_FILE} with the experiment (analysis.run_configs.write_run_configs)")

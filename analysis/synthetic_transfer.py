@@ -94,7 +94,7 @@ def synthetic_metrics(*, width: int, lr: float, base_width: int = 32, steps: int
                       batch_tokens: int = BATCH_TOKENS, seed: int = 0) -> list[dict]:
     """metrics.jsonl rows of one run: train rows every `log_every` steps (train_loss, lr, grad_norm,
     router stats) and probe rows every `probe_every` steps whose act_rms / update_rel scale as
-    (width / base_width)^slope. A loss spike of +3 nats at step `spike_at`. eps_dominance: a
+    (width / base_width)^slope. A loss spike of +20 nats at step `spike_at`. eps_dominance: a
     constant fraction per role; wd: coupled lambda, giving tau = 1/(lr(t) wd) (inf at lr 0)."""
     rng = np.random.default_rng(seed)
     m = width / base_width
@@ -104,7 +104,7 @@ def synthetic_metrics(*, width: int, lr: float, base_width: int = 32, steps: int
         f = schedule(step, steps, warmup, decay_start)
         loss = 4.0 + 3.0 * math.exp(-step / (steps / 4)) + 0.01 * rng.standard_normal()
         if spike_at is not None and step == spike_at:
-            loss += 3.0
+            loss += 20.0
         rows.append({"step": step, "tokens": step * batch_tokens, "train_loss": loss, "lr": lr * f,
                      "grad_norm": 0.5 + 0.01 * rng.standard_normal(), "moe/imbalance": 1.5, "moe/router_z": 2.0,
                      "moe/tokens_per_expert": [1, 2, 3, 4]})

@@ -299,7 +299,8 @@ def config_keys_used(axis: str, variant_keys: Iterable[str]) -> list[str]:
 def write_transfer(sweep_dir: str | Path, out: str | Path | None = None, *, axis: str = "d_model",
                    hardware: str = "unknown", variant_keys: Iterable[str] = (), tokens: str | int = "last",
                    probes: bool = True, common_lr: float | None = None) -> dict:
-    """Load, find optima, write transfer.{png,csv,md,json}, stability.csv and run_config.csv; with
+    """Load, find optima, write transfer.{png,csv,md,json} and stability.csv; from a sweep directory
+    also run_config.csv and a copy of the results table; with
     `probes` and runs that logged probes, also probes.csv and figures 5 and 6. Returns the JSON summary."""
     sweep_dir = Path(sweep_dir)
     out = Path(out) if out else sweep_dir
@@ -310,7 +311,7 @@ def write_transfer(sweep_dir: str | Path, out: str | Path | None = None, *, axis
     caption = caption_for(df, hardware)
     plot_transfer(df, opt, out / "transfer.png", axis=axis, caption=caption)
     opt.to_csv(out / "transfer.csv", index=False)
-    stability(sweep_dir, df).to_csv(out / "stability.csv", index=False, float_format="%.4g")
+    stability(sweep_dir, df).to_csv(out / "stability.csv", index=False, float_format="%.4g")  # nan without runs/
     export_study_tables(sweep_dir, out, df["run_id"], config_keys_used(axis, variant_keys))
     (out / "transfer.md").write_text(markdown(opt, axis))
     summary = {"sweep_dir": str(sweep_dir), "axis": axis, "variant_keys": variant_keys, "tokens": tokens,
