@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -86,7 +87,7 @@ def feature_learning_slopes(table: pd.DataFrame, *, selection: str = "common") -
 
 
 def plot_feature_learning(table: pd.DataFrame, path, *, selection: str = "common", axis: str = "d_model",
-                          caption: str = "") -> "Path":
+                          caption: str = "") -> Path:
     """Figure 6: rows update_rel | act_rms; one column per variant with each module's value vs size
     at the reference step (legend: fitted log-log slope), and a last column with the median slope
     over modules against training step (band: min to max over modules), one line per variant."""

@@ -102,7 +102,8 @@ def write_run_configs(source: str | Path, run_ids: Iterable[str], keys: Iterable
     return path
 
 
-def export_study_tables(sweep_dir: str | Path, out: str | Path, run_ids: Iterable[str], keys: Iterable[str]) -> list[str]:
+def export_study_tables(sweep_dir: str | Path, out: str | Path, run_ids: Iterable[str],
+                        keys: Iterable[str]) -> list[str]:
     """What an experiment folder needs to be re-analysed without run directories: run_config.csv,
     and a copy of the sweep's results table (results.csv, else results.jsonl) when `out` is
     another folder. Returns the file names written. Does nothing for a source without runs/."""
@@ -183,7 +184,8 @@ def load_runs(source: str | Path, axis: str = "d_model", *, variant_keys: Iterab
     else:
         df = df[df["tokens"] == int(tokens)]
         if df.empty:
-            raise ValueError(f"no rows at tokens={tokens}; the budgets are {sorted(load_results(source)['tokens'].unique())}")
+            budgets = sorted(load_results(source)["tokens"].unique())
+            raise ValueError(f"no rows at tokens={tokens}; the budgets are {budgets}")
     variant_keys = list(variant_keys)
     keys = [DEPTH_KEY, *variant_keys, *config_keys]
     if axis not in RESULT_AXES:

@@ -10,6 +10,7 @@ preceding logged values), imported, not re-implemented; `spike_steps` locates th
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,7 +77,7 @@ def _linestyles(variants):
 
 
 def plot_stability(table: pd.DataFrame, path, *, axis: str = "d_model", caption: str = "",
-                   x: str = "step") -> "Path":
+                   x: str = "step") -> Path:
     """Figure 5: one row per logged figure-5 metric, columns best LR | common LR; colour = size,
     line style = variant; red circles mark the spikes of training loss and gradient norm."""
     from matplotlib.lines import Line2D

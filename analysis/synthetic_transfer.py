@@ -138,7 +138,8 @@ def planted_transfer(sweep_dir, *, axis: str = "d_model", sizes: Iterable = (32,
                      drift: dict[str, float] | None = None, variant_config: dict[str, dict] | None = None,
                      eta_base: float = 1e-2, n_lrs: int = 7, noise: float = 0.0, seed: int = 0,
                      diverge: Iterable[tuple[str, object]] = (), metrics: bool = False,
-                     slopes: dict[str, tuple[float, float]] | None = None, spike: tuple[str, object] | None = None) -> Path:
+                     slopes: dict[str, tuple[float, float]] | None = None,
+                     spike: tuple[str, object] | None = None) -> Path:
     """Variants (name -> log2 drift of eta* per doubling of the axis); losses on LRs spaced by 2
     around eta_base. axis: a results column or a dotted config key. diverge: (variant, size) pairs
     whose largest LR diverged. metrics: write metrics.jsonl (probes with `slopes[variant]` =
@@ -233,7 +234,8 @@ def planted_wd(sweep_dir, *, variants: dict[str, dict] | None = None, widths: It
                 for decay in lr_grid(decay_c, n_decays):
                     run_id = f"{label}-w{w}-lr{lr:.4g}-wd{decay:.4g}"
                     for k, D in enumerate(budgets):
-                        tau_star = v["tau0"] * (w / widths[0]) ** v["tau_width_slope"] * (D / budgets[0]) ** v["tau_D_slope"]
+                        tau_star = (v["tau0"] * (w / widths[0]) ** v["tau_width_slope"]
+                                    * (D / budgets[0]) ** v["tau_D_slope"])
                         tau = tau_tokens_of(v["mode"], lr, decay)
                         loss = (4.0 + C_eta * (math.log(lr / eta_star)) ** 2 + C_tau * (math.log(tau / tau_star)) ** 2
                                 + noise * rng.standard_normal())
@@ -247,7 +249,8 @@ def planted_wd(sweep_dir, *, variants: dict[str, dict] | None = None, widths: It
 
 
 def planted_ablation(sweep_dir, *, variants: dict[str, tuple[float, float, float]] | None = None,
-                     lrs: Iterable[float] | None = None, d_model: int = 256, diverge_above: float | None = None) -> Path:
+                     lrs: Iterable[float] | None = None, d_model: int = 256,
+                     diverge_above: float | None = None) -> Path:
     """One width; variants name -> (eta*, L_min, C); runs above `diverge_above` diverge."""
     variants = variants or {"sp": (4e-3, 4.30, 0.20), "sp_mup_lr": (1e-2, 4.25, 0.12), "mup": (1e-2, 4.20, 0.08)}
     lrs = list(lrs or lr_grid(6e-3, 7))

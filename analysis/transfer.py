@@ -268,12 +268,12 @@ def markdown(opt: pd.DataFrame, axis: str) -> str:
     lines = [head, "|" + "---|" * 10]
     for r in opt.to_dict("records"):
         edge = f" ({r['eq2_edge']} edge)" if r.get("eq2_edge") else ""
+        eta_ci = _ci(r.get("eta_ci_lo", math.nan), r.get("eta_ci_hi", math.nan), ".3g")
+        drift_ci = _ci(r.get("drift_eta_star_log2_lo", math.nan), r.get("drift_eta_star_log2_hi", math.nan), "+.2f")
         lines.append(f"| {r['variant']} | {fmt_size(r['size'])} | {_f(r.get('best_lr'), '.3g')} | "
-                     f"{_f(r.get('best_loss'), '.4f')} | {_f(r.get('eta_star'), '.3g')}{edge} | "
-                     f"{_ci(r.get('eta_ci_lo', math.nan), r.get('eta_ci_hi', math.nan), '.3g')} | "
+                     f"{_f(r.get('best_loss'), '.4f')} | {_f(r.get('eta_star'), '.3g')}{edge} | {eta_ci} | "
                      f"{_f(r.get('drift_best_lr_log2'), '+.2f')} | {_f(r.get('drift_eta_star_log2'), '+.2f')} | "
-                     f"{_ci(r.get('drift_eta_star_log2_lo', math.nan), r.get('drift_eta_star_log2_hi', math.nan), '+.2f')} | "
-                     f"{r['n_diverged']} |")
+                     f"{drift_ci} | {r['n_diverged']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -233,7 +233,8 @@ def weight_decay_optima(df: pd.DataFrame, *, window: int | None = 5, level: floa
             best = ok.loc[ok["val_loss"].idxmin()]
             z = np.log([best["eta"], best["decay"]])
             row.update(best_loss=float(best["val_loss"]), best_eta=float(best["eta"]), best_decay=float(best["decay"]),
-                       **{f"best_{q}": math.exp(maps[q][0] @ z + maps[q][1]) for q in ("lambda", "tau_steps", "tau_tokens")})
+                       **{f"best_{q}": math.exp(maps[q][0] @ z + maps[q][1])
+                          for q in ("lambda", "tau_steps", "tau_tokens")})
         fit = None
         try:
             fit = fit_quadratic_2d(np.log(ok["eta"]), np.log(ok["decay"]), ok["val_loss"], window=window)
@@ -276,8 +277,8 @@ def weight_decay_summary(opt: pd.DataFrame, *, level: float = 0.95, include_edge
         axes = [a for a in ("width", "tokens") if g[a].nunique() > 1]
         for q in (*QUANTITIES, "tau_role_tokens"):
             y = g[f"ln_{q}_star"].to_numpy(float)
-            row = {"variant": variant, "quantity": q, "n_optima": int(np.isfinite(y).sum()),
-                   "spread_log2": float((np.nanmax(y) - np.nanmin(y)) / math.log(2)) if np.isfinite(y).any() else math.nan}
+            spread = float((np.nanmax(y) - np.nanmin(y)) / math.log(2)) if np.isfinite(y).any() else math.nan
+            row = {"variant": variant, "quantity": q, "n_optima": int(np.isfinite(y).sum()), "spread_log2": spread}
             for a in ("width", "tokens"):
                 row.update({f"slope_{a}": math.nan, f"slope_{a}_lo": math.nan, f"slope_{a}_hi": math.nan})
             keep = np.isfinite(y)
@@ -293,12 +294,14 @@ def weight_decay_summary(opt: pd.DataFrame, *, level: float = 0.95, include_edge
 
 
 def markdown(opt: pd.DataFrame, summary: pd.DataFrame) -> str:
-    lines = ["| variant | width | D | best η (grid) | best λ (grid) | τ tokens (grid) | η* (fit) | λ* (fit) [95% CI] | "
-             "τ* tokens (fit) [95% CI] | drift log2 λ* | drift log2 τ* | edge | loss, no decay |", "|" + "---|" * 13]
+    lines = ["| variant | width | D | best η (grid) | best λ (grid) | τ tokens (grid) | η* (fit) | "
+             "λ* (fit) [95% CI] | τ* tokens (fit) [95% CI] | drift log2 λ* | drift log2 τ* | edge | loss, no decay |",
+             "|" + "---|" * 13]
     for r in opt.to_dict("records"):
         lines.append(f"| {r['variant']} | {r['width']} | {r['tokens']:,} | {_f(r.get('best_eta'), '.3g')} | "
                      f"{_f(r.get('best_lambda'), '.3g')} | {_f(r.get('best_tau_tokens'), '.3g')} | "
-                     f"{_f(r['eta_star'], '.3g')} | {_f(r['lambda_star'], '.3g')} {_ci(r['lambda_ci_lo'], r['lambda_ci_hi'], '.3g')} | "
+                     f"{_f(r['eta_star'], '.3g')} | "
+                     f"{_f(r['lambda_star'], '.3g')} {_ci(r['lambda_ci_lo'], r['lambda_ci_hi'], '.3g')} | "
                      f"{_f(r['tau_tokens_star'], '.3g')} {_ci(r['tau_tokens_ci_lo'], r['tau_tokens_ci_hi'], '.3g')} | "
                      f"{_f(r['drift_lambda_log2'], '+.2f')} | {_f(r['drift_tau_tokens_log2'], '+.2f')} | "
                      f"{r['fit_edge'] or '–'} | {_f(r['loss_no_decay'], '.4f')} |")

@@ -116,7 +116,8 @@ def test_an_experiment_folder_is_reanalysed_from_results_and_run_config_alone(tm
     assert s["axis"] == "model.moe.d_expert" and s["variant_keys"] == []
     again = write_transfer(study, tmp_path / "again", axis="model.moe.d_expert")
     assert [r["eta_star"] for r in again["optima"]] == pytest.approx([r["eta_star"] for r in s["optima"]])
-    cfg = read_run_configs(study, ["nope", load_transfer(study, "model.moe.d_expert")["run_id"][0]], ["model.moe.d_expert"])
+    first = load_transfer(study, "model.moe.d_expert")["run_id"][0]
+    cfg = read_run_configs(study, ["nope", first], ["model.moe.d_expert"])
     assert cfg.attrs["missing"] == ["nope"] and cfg["model.moe.d_expert"].iloc[1] == 16
     (study / RUN_CONFIG_FILE).unlink()
     with pytest.raises(ValueError, match="run_config.csv"):

@@ -125,7 +125,8 @@ for study in sorted(args.root.glob("2026-11-*_transfer_*_cpu")):
         for r in spikes.to_dict("records"):
             k = (r["variant"], r["size"], r["lr"])
             if k in own.index and pd.notna(own[k]) and int(own[k]) != int(r["loss_spikes"]):
-                failures.append(f"{study.name}: {k} loss spikes {r['loss_spikes']} in probes.csv but {own[k]} in stability.csv")
+                failures.append(f"{study.name}: {k} loss spikes {r['loss_spikes']} in probes.csv "
+                                f"but {own[k]} in stability.csv")
     print(spikes[["variant", "size", "lr", "selection", "loss_spikes", "grad_norm_spikes", "max_attn_logit_max"]])
 
     slopes = pd.read_csv(out / feature_learning.SLOPES_FILE) if (out / feature_learning.SLOPES_FILE).exists() else None
