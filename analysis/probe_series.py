@@ -154,7 +154,8 @@ def write_probe_outputs(table: pd.DataFrame, out: str | Path, *, axis: str = "d_
 def write_probe_figures(sweep_dir: str | Path, df: pd.DataFrame, out: str | Path, *, axis: str = "d_model",
                         hardware: str = "unknown", common_lr: float | None = None) -> dict:
     """From a sweep directory: select the runs, write probes.csv, then `write_probe_outputs`.
-    Returns what was written and the selection used; {} when no selected run logged a probe."""
+    Returns what was written, the selection used and the monitors' plain-language notes; {} when
+    no selected run logged a probe."""
     runs = select_runs(df, common_lr=common_lr)
     table = extract_probes(sweep_dir, runs)
     if not table["metric"].str.startswith("probe/").any():
@@ -163,8 +164,10 @@ def write_probe_figures(sweep_dir: str | Path, df: pd.DataFrame, out: str | Path
     caption = (f"runs at each variant's best LR and at the common LR {runs.attrs['common_lr']:.3g} "
                f"({runs.attrs['reference']} optimum at the base size) | hardware: {hardware}")
     written = {"probes": PROBES_FILE, **write_probe_outputs(table, out, axis=axis, caption=caption)}
+    from lrscale.analysis.optimizer_monitors import eps_dominance_table, monitor_notes, wd_timescale_table
     return {"files": written, "common_lr": runs.attrs["common_lr"], "reference": runs.attrs["reference"],
-            "caption": caption, "runs": runs.drop(columns=["batch_tokens"]).to_dict(orient="records")}
+            "caption": caption, "monitor_notes": monitor_notes(eps_dominance_table(table), wd_timescale_table(table)),
+            "runs": runs.drop(columns=["batch_tokens"]).to_dict(orient="records")}
 
 
 def common_lr_of(table: pd.DataFrame) -> float:

@@ -313,7 +313,6 @@ def write_transfer(sweep_dir: str | Path, out: str | Path | None = None, *, axis
     opt.to_csv(out / "transfer.csv", index=False)
     stability(sweep_dir, df).to_csv(out / "stability.csv", index=False, float_format="%.4g")  # nan without runs/
     export_study_tables(sweep_dir, out, df["run_id"], config_keys_used(axis, variant_keys))
-    (out / "transfer.md").write_text(markdown(opt, axis))
     summary = {"sweep_dir": str(sweep_dir), "axis": axis, "variant_keys": variant_keys, "tokens": tokens,
                "caption": caption, "n_runs": len(df), "eq2_window": EQ2_WINDOW,
                "drift_interval": "95%, delta-method se of both Eq. 2 fits propagated in log space, "
@@ -324,6 +323,9 @@ def write_transfer(sweep_dir: str | Path, out: str | Path | None = None, *, axis
         from lrscale.analysis.probe_series import write_probe_figures
         summary["probe_outputs"] = write_probe_figures(sweep_dir, df, out, axis=axis, hardware=hardware,
                                                        common_lr=common_lr)
+    notes = summary.get("probe_outputs", {}).get("monitor_notes", [])
+    (out / "transfer.md").write_text(markdown(opt, axis) + ("\nOptimizer monitors (monitors.png):\n" +
+                                                            "".join(f"- {n}\n" for n in notes) if notes else ""))
     (out / "transfer.json").write_text(json.dumps(summary, indent=1))
     return summary
 
