@@ -185,6 +185,9 @@ def load_weight_decay(source: str | Path, *, variant_keys: Iterable[str] | None 
     lam = pd.to_numeric(df[LAMBDA_KEY], errors="coerce").astype(float)
     tau = pd.to_numeric(df[TAU_KEY], errors="coerce").astype(float)
     decay = np.where(mode == "timescale", tau, lam)
+    if not np.isfinite(decay).any():
+        raise ValueError(f"no run has a readable {LAMBDA_KEY} / {TAU_KEY}: the weight-decay analysis reads them from "
+                         f"runs/<id>/config.yaml or the folder's run_config.csv; commit run_config.csv with the study")
     df = df.assign(width=df["d_model"], eta=eta, mode=mode, decay=decay.astype(float))
     tau_m = measured_tau(source, df["run_id"].unique(), tau_role)
     df["tau_role"], df["tau_factor"] = None, math.nan

@@ -117,3 +117,10 @@ def test_measured_tau_of_a_hidden_role_rescales_tau_star(tmp_path):
     # the committed folder answers the same without run directories
     again = load_weight_decay(tmp_path / "out")
     assert np.allclose(again["tau_factor"].astype(float), 2.0)
+
+
+def test_a_folder_without_decay_values_is_refused(tmp_path):
+    from lrscale.analysis.synthetic_transfer import result_row
+    write_sweep(tmp_path / "s", [result_row(f"r{i}", parametrization="mup", lr=1e-2, val_loss=4.0) for i in range(3)])
+    with pytest.raises(ValueError, match="run_config.csv"):
+        load_weight_decay(tmp_path / "s")

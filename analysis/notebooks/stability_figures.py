@@ -122,6 +122,7 @@ for study in sorted(args.root.glob("2026-11-*_transfer_*_cpu")):
     spikes = pd.read_csv(out / stability.SPIKES_FILE)
     if (study / "stability.csv").exists():
         own = pd.read_csv(study / "stability.csv").set_index(["variant", "size", "lr"])["loss_spikes"]
+        own = own[~own.index.duplicated(keep=False)]  # several seeds at one (variant, size, lr): not comparable
         for r in spikes.to_dict("records"):
             k = (r["variant"], r["size"], r["lr"])
             if k in own.index and pd.notna(own[k]) and int(own[k]) != int(r["loss_spikes"]):
