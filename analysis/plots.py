@@ -56,6 +56,22 @@ def _new_figure(n_panels: int, panel_size=(4.2, 3.3), max_cols: int = 3):
     return fig, axes[:n_panels]
 
 
+def new_figure(rows: int, cols: int, panel_size=(4.2, 3.3), extra_height: float = 1.0, **subplots):
+    """A headless Agg figure with a rows x cols grid of axes (always a 2-D array)."""
+    fig = Figure(figsize=(panel_size[0] * cols, panel_size[1] * rows + extra_height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, np.atleast_2d(fig.subplots(rows, cols, squeeze=False, **subplots))
+
+
+def save_figure(fig: Figure, path, dpi: int = 110) -> Path:
+    """Write a PNG atomically: a reader never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+    return path
+
+
 def _finish(fig: Figure, title: str, sf: SweepFit, hardware: str, path) -> Path:
     # Title, scale and provenance all go in the suptitle: constrained layout then
     # reserves room for them, so nothing overlaps and no tight-bbox pass is needed.

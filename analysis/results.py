@@ -15,6 +15,7 @@ the file is read defensively:
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,9 @@ import numpy as np
 import pandas as pd
 
 RESULTS_FILE = "results.jsonl"
+# The CSV export `training/sweep.py` writes next to it; committed experiment folders often keep
+# only this one. Same columns, blank cells for nulls.
+RESULTS_CSV = "results.csv"
 
 # The three ways N is counted for every run (PAPER.md §2); fits are repeated per kind.
 N_KINDS = ("n_total", "n_active", "n_active_nonembed")
@@ -43,12 +47,23 @@ _INT_COLUMNS = (*N_KINDS, "d_model", "n_layers", "num_experts", "top_k",
 def _results_path(sweep_dir_or_file: str | Path) -> Path:
     path = Path(sweep_dir_or_file)
     if path.is_dir():
-        path = path / RESULTS_FILE
+        path = path / RESULTS_FILE if (path / RESULTS_FILE).is_file() or not (path / RESULTS_CSV).is_file() \
+            else path / RESULTS_CSV
     if not path.is_file():
         raise FileNotFoundError(
             f"no results file at {path}: pass a sweep directory containing {RESULTS_FILE} "
-            f"or the path of a results .jsonl file")
+            f"(or {RESULTS_CSV}) or the path of a results .jsonl / .csv file")
     return path
+
+
+def _read_csv(path: Path) -> list[dict]:
+    """Rows of a results.csv export; identifiers stay strings, blank cells become None."""
+    text_cols = {c: str for c in ("run_id", "config_hash", "model", "parametrization", "status", "error",
+                                  "data_fingerprint")}
+    df = pd.read_csv(path, dtype=text_cols, keep_default_na=False, na_values={
+        c: [""] for c in pd.read_csv(path, nrows=0).columns})
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in df.to_dict(orient="records")]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -79,7 +94,7 @@ def usable_mask(df: pd.DataFrame) -> pd.Series:
 
 
 def load_results(sweep_dir_or_file: str | Path, *, allow_mixed: bool = False) -> pd.DataFrame:
-    """Load and validate a sweep's results table.
+    """Load and validate a sweep's results table (results.jsonl, or its results.csv export).
 
     Returns one row per (run_id, branch), in file order, with `val_loss` as float
     (NaN for null). A row marked "ok" whose loss is not finite is re-labelled
@@ -91,7 +106,7 @@ def load_results(sweep_dir_or_file: str | Path, *, allow_mixed: bool = False) ->
     are not comparable, so mixing must be a deliberate choice).
     """
     path = _results_path(sweep_dir_or_file)
-    records = _read_jsonl(path)
+    records = _read_csv(path) if path.suffix == ".csv" else _read_jsonl(path)
     if not records:
         raise ValueError(f"{path} holds no results yet: wait for the sweep to write rows")
     df = pd.DataFrame.from_records(records)

@@ -1,142 +1,234 @@
 """muTransfer at small scale (PAPER.md Sec. 5, figure 3): validation loss against peak LR for
-each width (or depth), one panel per parametrization, and how far the optimal LR drifts
-from the base shape's.
+each size on a transfer axis, one panel per variant, and how far the optimal LR drifts from the
+base size's, with an interval.
 
-Reads a sweep directory written by `python train.py +experiment=transfer_width` (or
-transfer_depth): results.jsonl, plus each run's config.yaml for its depth rule. Per
-(parametrization, size) the optimum is the grid minimum and, where 3+ LRs finished, the
-Eq. 2 fit L(eta) = L_min + C (ln eta - a)^2 over the 5 LRs nearest the minimum
-(analysis.fitting.fit_lr_curve). Drift = log2(eta*_size / eta*_base): 0 is perfect transfer,
--1 means the optimum halved.
+Reads a sweep directory written by `python train.py +experiment=transfer_<axis>` (results.jsonl
+plus each run's config.yaml) or a committed experiment folder (results.csv plus run_config.csv,
+see analysis/run_configs.py). The axis is a results column (d_model, n_layers, num_experts,
+top_k, tokens) or ANY dotted config key (model.moe.d_expert, optim.weight_decay, ...). A
+variant is the parametrization, its depth rule, and the values of `--variant-keys`.
+
+Per (variant, size): the grid optimum; the Eq. 2 fit L(eta) = L_min + C (ln eta - a)^2 over the
+5 LRs nearest the minimum (analysis.fitting.fit_lr_curve) with its 95% delta-method interval on
+eta*; and the drift log2(eta*_size / eta*_base) (0: perfect transfer, -1: the optimum halved)
+with a 95% interval from the two fits' standard errors propagated in log space
+(analysis.drift.log2_drift). Diverged runs are counted and drawn as x.
 
     python -m analysis.transfer sweeps/transfer_width                    # axis d_model
     python -m analysis.transfer sweeps/transfer_depth --axis n_layers
-    python -m analysis.transfer SWEEP --out experiments/<study>/         # where to write
+    python -m analysis.transfer sweeps/transfer_experts --axis num_experts
+    python -m analysis.transfer sweeps/transfer_granularity --axis model.moe.d_expert
+    python -m analysis.transfer sweeps/transfer_horizon --axis tokens            # horizon.* (analysis/horizon.py)
+    python -m analysis.transfer sweeps/transfer_wd --analysis weight_decay       # weight_decay.*
+    python -m analysis.transfer sweeps/transfer_ablation --analysis modulewise   # modulewise.*
+    python -m analysis.transfer SWEEP --out experiments/<study>/ --hardware "..."
 
-Writes transfer.png, transfer.csv, transfer.md, transfer.json and stability.csv (each run's
-training-probe summary: spikes, max attention logit, logit RMS, router imbalance and z) into
---out, default the sweep dir.
+Writes transfer.png, transfer.csv, transfer.md, transfer.json, stability.csv (each run's
+training-probe summary) and run_config.csv (the config values used, so the folder can be
+re-analysed without run directories) into --out, default the sweep dir. When the runs logged
+probes it also writes probes.csv and figures 5 and 6 (analysis/probe_series.py, stability.py,
+feature_learning.py, optimizer_monitors.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
 import sys
 import textwrap
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 from hydra.experimental.callback import Callback
 
-from lrscale.analysis.fitting import InsufficientDataError, fit_lr_curve
-from lrscale.analysis.results import load_results
+from lrscale.analysis.drift import log2_drift
+from lrscale.analysis.fitting import InsufficientDataError, LrFit, fit_lr_curve
+from lrscale.analysis.plots import new_figure, save_figure
+from lrscale.analysis.run_configs import (DEPTH_KEY, RESULT_AXES, axis_label, export_study_tables,
+                                          load_runs)
 
-AXES = {"d_model": "width (d_model)", "n_layers": "depth (n_layers)"}
+AXES = RESULT_AXES  # the fast-path axes; any dotted config key works too
+EQ2_WINDOW = 5      # Eq. 2 is fitted over the 5 LRs nearest the grid minimum: the quadratic only holds near it
+ANALYSES = ("auto", "transfer", "horizon", "weight_decay", "modulewise")
 
-
-def _run_parametrization(sweep_dir: Path, run_id: str, name: str) -> str:
-    """A label for the run's parametrization: its name plus the depth rule if one is on."""
-    cfg_path = sweep_dir / "runs" / run_id / "config.yaml"
-    alpha = 0.0
-    if cfg_path.exists():
-        from omegaconf import OmegaConf
-        alpha = float(OmegaConf.load(cfg_path).parametrization.get("depth_alpha", 0.0))
-    if not alpha:
-        return name
-    return {1.0: f"{name} + CompleteP depth", 0.5: f"{name} + Depth-muP"}.get(alpha, f"{name}, depth_alpha={alpha:g}")
+_RUN_COLUMNS = ("run_id", "variant", "parametrization", "size", "d_model", "n_layers", "num_experts", "top_k",
+                "lr", "val_loss", "status", "tokens", "steps", "batch_tokens", "n_active", "wall_time_s",
+                "data_fingerprint")
 
 
-def load_transfer(sweep_dir: str | Path, axis: str = "d_model") -> pd.DataFrame:
-    """One row per run at its last measured budget: variant, size, lr, val_loss, status."""
-    if axis not in AXES:
-        raise ValueError(f"axis {axis!r} is unknown; valid: {', '.join(AXES)}")
-    sweep_dir = Path(sweep_dir)
-    df = load_results(sweep_dir)
-    df = df[df["status"] != "failed"]
-    last = df.sort_values("steps").groupby("run_id", as_index=False).tail(1)
-    last = last.assign(variant=[_run_parametrization(sweep_dir, r, p)
-                                for r, p in zip(last["run_id"], last["parametrization"])],
-                       size=last[axis].astype(int))
-    return last[["run_id", "variant", "parametrization", "size", "d_model", "n_layers", "lr", "val_loss",
-                 "status", "tokens", "n_active", "wall_time_s", "data_fingerprint"]].reset_index(drop=True)
+def load_transfer(sweep_dir: str | Path, axis: str = "d_model", *, variant_keys: Iterable[str] = (),
+                  tokens: str | int = "last") -> pd.DataFrame:
+    """One row per run at its last measured budget (or at budget `tokens`): variant, size, lr,
+    val_loss, status, plus a column per dotted variant key / axis key."""
+    variant_keys = list(variant_keys)
+    df = load_runs(sweep_dir, axis, variant_keys=variant_keys, tokens=tokens)
+    extra = [c for c in dict.fromkeys([*variant_keys, axis, "peak_lr"]) if c in df.columns and c not in _RUN_COLUMNS]
+    return df[[*_RUN_COLUMNS, *extra]].reset_index(drop=True)
 
 
-def optima(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (variant, size): grid optimum, Eq. 2 optimum, and their drift from the smallest size."""
+def usable(g: pd.DataFrame) -> pd.DataFrame:
+    return g[(g["status"] == "ok") & np.isfinite(g["val_loss"].astype(float))]
+
+
+def eq2_fit(g: pd.DataFrame, lr_col: str = "lr", window: int | None = EQ2_WINDOW) -> LrFit | None:
+    """Eq. 2 on a group's usable rows, quietly (edges and non-convexity are flagged on the fit);
+    None when fewer than 3 LRs finished."""
+    ok = usable(g)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fit_lr_curve(ok[lr_col], ok["val_loss"], window=window, warn=False)
+    except InsufficientDataError:
+        return None
+
+
+def fit_columns(fit: LrFit | None) -> dict:
+    """The Eq. 2 columns of an optimum row; nan when there is no fit or no minimum."""
+    if fit is None or not fit.convex:
+        return {"eta_star": math.nan, "eta_ci_lo": math.nan, "eta_ci_hi": math.nan, "ln_eta_star": math.nan,
+                "ln_eta_se": math.nan, "eq2_dof": math.nan, "eq2_C": fit.C if fit else math.nan,
+                "eq2_edge": (fit.edge or "") if fit else "", "eq2_loss_min": math.nan,
+                "eq2_r2": fit.r2 if fit else math.nan}
+    return {"eta_star": fit.eta_star, "eta_ci_lo": fit.eta_ci[0], "eta_ci_hi": fit.eta_ci[1], "ln_eta_star": fit.a,
+            "ln_eta_se": fit.a_se, "eq2_dof": fit.n_points - 3, "eq2_C": fit.C, "eq2_edge": fit.edge or "",
+            "eq2_loss_min": fit.loss_min, "eq2_r2": fit.r2}
+
+
+def add_drift(out: pd.DataFrame, base_of: pd.Series, *, level: float = 0.95, prefix: str = "drift_eta_star_log2",
+              a: str = "ln_eta_star", se: str = "ln_eta_se", dof: str = "eq2_dof") -> pd.DataFrame:
+    """Columns prefix, prefix_lo, prefix_hi: log2 drift of each row's fitted optimum from its base
+    row (`base_of`: index of the base row per row), interval by `analysis.drift.log2_drift`."""
+    vals = []
+    for i, b in zip(out.index, base_of):
+        r, r0 = out.loc[i], out.loc[b]
+        if i == b:
+            d = (0.0, 0.0, 0.0) if np.isfinite(r[a]) else (math.nan,) * 3
+        else:
+            x = log2_drift(r[a], r[se], r[dof], r0[a], r0[se], r0[dof], level)
+            d = (x.log2, x.lo, x.hi)
+        vals.append(d)
+    v = np.array(vals, dtype=float).reshape(-1, 3)
+    return out.assign(**{prefix: v[:, 0], f"{prefix}_lo": v[:, 1], f"{prefix}_hi": v[:, 2]})
+
+
+def optima(df: pd.DataFrame, *, window: int | None = EQ2_WINDOW, level: float = 0.95) -> pd.DataFrame:
+    """Per (variant, size): grid optimum, Eq. 2 optimum with its interval, n diverged, and both
+    optima's drift from the variant's smallest size (Eq. 2 drift with an interval)."""
     rows = []
     for (variant, size), g in df.groupby(["variant", "size"]):
-        ok = g[(g["status"] == "ok") & np.isfinite(g["val_loss"])]
-        row: dict[str, Any] = {"variant": variant, "size": int(size), "n_lrs": int(g["lr"].nunique()),
+        ok = usable(g)
+        row: dict[str, Any] = {"variant": variant, "size": size, "n_lrs": int(g["lr"].nunique()),
                                "n_diverged": int((g["status"] == "diverged").sum())}
-        if ok.empty:
-            rows.append(row)
-            continue
-        best = ok.loc[ok["val_loss"].idxmin()]
-        row.update(best_lr=float(best["lr"]), best_loss=float(best["val_loss"]))
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fit = fit_lr_curve(ok["lr"], ok["val_loss"], window=5)
-            row.update(eta_star=fit.eta_star if fit.convex else math.nan, eq2_edge=fit.edge or "",
-                       eq2_loss_min=fit.loss_min if fit.convex else math.nan, eq2_r2=fit.r2)
-        except InsufficientDataError:
-            pass
+        if not ok.empty:
+            best = ok.loc[ok["val_loss"].idxmin()]
+            row.update(best_lr=float(best["lr"]), best_loss=float(best["val_loss"]))
+        row.update(fit_columns(eq2_fit(g, window=window) if not ok.empty else None))
         rows.append(row)
     out = pd.DataFrame(rows)
-    for col in ("best_lr", "eta_star"):
-        if col not in out:
-            out[col] = math.nan
-        base = out.sort_values("size").groupby("variant")[col].transform("first")
-        out[f"drift_{col}_log2"] = np.log2(out[col] / base)
-    return out.sort_values(["variant", "size"]).reset_index(drop=True)
+    if "best_lr" not in out:
+        out["best_lr"] = out["best_loss"] = math.nan
+    out = out.sort_values(["variant", "size"]).reset_index(drop=True)
+    base_of = out.groupby("variant")["size"].transform(lambda s: s.idxmin())
+    out["drift_best_lr_log2"] = np.log2(out["best_lr"] / out.loc[base_of, "best_lr"].to_numpy())
+    return add_drift(out, base_of, level=level)
+
+
+def variant_order(variants: Iterable[str]) -> list[str]:
+    """SP first (the baseline), then the rest alphabetically."""
+    return sorted(set(variants), key=lambda v: (not v.startswith("sp"), v))
+
+
+def size_colors(sizes):
+    """A dark viridis colour per size (log scale when sizes span a factor > 2 and are positive)."""
+    from matplotlib import cm, colors
+    sizes = sorted(sizes)
+    lo, hi = float(min(sizes)), float(max(sizes))
+    log = lo > 0 and hi / lo > 2
+    norm = colors.LogNorm(lo, hi * 1.0001) if log else colors.Normalize(lo, hi if hi > lo else lo + 1)
+    cmap = colors.LinearSegmentedColormap.from_list("viridis_dark", cm.viridis(np.linspace(0, 0.85, 64)))
+    return {s: cmap(norm(s)) for s in sizes}
+
+
+def fmt_size(size) -> str:
+    return f"{size:,}" if isinstance(size, (int, np.integer)) else f"{size:g}"
+
+
+def draw_lr_curves(ax, g: pd.DataFrame, opt: pd.DataFrame, *, key: str = "size", label: str = "",
+                   colors: dict | None = None, lr_col: str = "lr") -> None:
+    """Loss vs LR, one line per value of `key`; * the grid optimum, x diverged runs (top of the panel)."""
+    colors = colors or size_colors(g[key].unique())
+    for value in sorted(g[key].unique()):
+        s = g[g[key] == value].sort_values(lr_col)
+        ok = usable(s)
+        c = colors[value]
+        ax.plot(ok[lr_col], ok["val_loss"], "o-", color=c, ms=4, lw=1.2, label=f"{label}{fmt_size(value)}")
+        bad = s[s["status"] != "ok"]
+        if len(bad):
+            ax.plot(bad[lr_col], np.full(len(bad), 0.97), "x", color=c, ms=7, mew=1.5,
+                    transform=ax.get_xaxis_transform())
+        o = opt[opt[key] == value]
+        if len(o) and np.isfinite(o["best_lr"].iloc[0]):
+            ax.plot(o["best_lr"], o["best_loss"], "*", ms=13, color=c, mec="k", mew=0.6)
+    ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+
+
+def loss_ylim(df: pd.DataFrame) -> tuple[float, float]:
+    ok = usable(df)
+    if ok.empty:
+        return (0.0, 1.0)
+    lo, hi = ok["val_loss"].min(), ok["val_loss"].quantile(0.9)
+    pad = (hi - lo) or 1.0
+    return lo - 0.05 * pad, hi + 0.15 * pad
+
+
+def draw_drift(ax, opt: pd.DataFrame, *, key: str = "size", prefix: str = "drift_eta_star_log2",
+               grid_col: str | None = "drift_best_lr_log2", ylabel: str = "drift log2(η*/η*_base)") -> None:
+    """Drift against size per variant: Eq. 2 drift with its interval, grid drift as open markers."""
+    from matplotlib import cm
+    variants = variant_order(opt["variant"])
+    palette = cm.tab10(np.arange(len(variants)) % 10)
+    for i, (variant, c) in enumerate(zip(variants, palette)):
+        o = opt[opt["variant"] == variant].sort_values(key)
+        x = o[key].astype(float) * (1 + 0.03 * (i - (len(variants) - 1) / 2))  # dodge overlapping bars
+        y = o[prefix].to_numpy(float)
+        err = np.abs(np.vstack([y - o[f"{prefix}_lo"].to_numpy(float), o[f"{prefix}_hi"].to_numpy(float) - y]))
+        ax.errorbar(x, y, yerr=np.where(np.isfinite(err), err, 0), fmt="o-", color=c, ms=4, lw=1.2, capsize=3,
+                    label=variant)
+        if grid_col:
+            ax.plot(x, o[grid_col], "s", mfc="none", color=c, ms=6)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
 
 
 def plot_transfer(df: pd.DataFrame, opt: pd.DataFrame, path: Path, *, axis: str, caption: str) -> Path:
-    """Figure 3: loss vs LR, one line per size, one panel per variant; stars mark the grid optimum,
-    x marks diverged runs (drawn at the top of the panel)."""
-    from matplotlib import cm, colors
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    variants = sorted(df["variant"].unique(), key=lambda v: (v != "sp", v))
-    sizes = sorted(df["size"].unique())
-    fig = Figure(figsize=(5.2 * len(variants), 4.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = np.atleast_1d(fig.subplots(1, len(variants), sharey=True, squeeze=False).ravel())
-    norm = colors.LogNorm(min(sizes), max(sizes) * 1.0001)
-    cmap = colors.LinearSegmentedColormap.from_list("viridis_dark", cm.viridis(np.linspace(0, 0.85, 64)))
-    ok_all = df[(df["status"] == "ok") & np.isfinite(df["val_loss"])]
-    lo, hi = ok_all["val_loss"].min(), ok_all["val_loss"].quantile(0.9)
+    """Figure 3: loss vs LR, one line per size, one panel per variant (* grid optimum, x diverged),
+    and a last panel with each variant's drift of eta* (Eq. 2, 95% interval; squares: grid)."""
+    variants = variant_order(df["variant"])
+    fig, axes = new_figure(1, len(variants) + 1, panel_size=(5.0, 4.4), extra_height=0.6)
+    axes = axes.ravel()
+    colors = size_colors(df["size"].unique())
+    ylim = loss_ylim(df)
     for ax, variant in zip(axes, variants):
-        for size in sizes:
-            g = df[(df["variant"] == variant) & (df["size"] == size)].sort_values("lr")
-            ok = g[(g["status"] == "ok") & np.isfinite(g["val_loss"])]
-            c = cmap(norm(size))
-            ax.plot(ok["lr"], ok["val_loss"], "o-", color=c, ms=4, lw=1.2, label=f"{axis} {size}")
-            bad = g[g["status"] != "ok"]
-            if len(bad):
-                ax.plot(bad["lr"], np.full(len(bad), 0.97), "x", color=c, ms=7, transform=ax.get_xaxis_transform())
-            o = opt[(opt["variant"] == variant) & (opt["size"] == size)]
-            if len(o) and np.isfinite(o["best_lr"].iloc[0]):
-                ax.plot(o["best_lr"], o["best_loss"], "*", ms=13, color=c, mec="k", mew=0.6)
-        ax.set_xscale("log", base=2)
+        draw_lr_curves(ax, df[df["variant"] == variant], opt[opt["variant"] == variant],
+                       label=f"{axis} ", colors=colors)
         ax.set_xlabel("peak LR η (base LR; μP scales hidden groups)")
         ax.set_title(variant, fontsize=10)
-        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.15 * (hi - lo))
-        ax.grid(alpha=0.3)
+        ax.set_ylim(*ylim)
     axes[0].set_ylabel("final validation loss")
-    axes[-1].legend(fontsize=8, title="★ grid optimum, × diverged", title_fontsize=7)
-    caption = "\n".join(textwrap.wrap(caption, width=int(60 * len(variants))))
-    fig.suptitle(f"Fig. 3: μTransfer across {AXES[axis]}: loss vs peak LR per {axis}\n{caption}", fontsize=9)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    return path
+    axes[len(variants) - 1].legend(fontsize=8, title="★ grid optimum, × diverged", title_fontsize=7)
+    draw_drift(axes[-1], opt)
+    axes[-1].set_xlabel(axis_label(axis))
+    axes[-1].set_title("drift of η* (Eq. 2, 95% CI; □ grid)", fontsize=10)
+    axes[-1].legend(fontsize=7)
+    caption = "\n".join(textwrap.wrap(caption, width=int(55 * (len(variants) + 1))))
+    fig.suptitle(f"Fig. 3: μTransfer across {axis_label(axis)}: loss vs peak LR per {axis}\n{caption}", fontsize=9)
+    return save_figure(fig, path)
 
 
 STABILITY_COLUMNS = ("loss_spikes", "grad_norm_max", "max_attn_logit_max", "logit_rms_final",
@@ -151,81 +243,174 @@ def stability(sweep_dir: Path, df: pd.DataFrame) -> pd.DataFrame:
 
     rows = []
     for r in df.to_dict("records"):
-        path = sweep_dir / "runs" / r["run_id"] / "metrics.jsonl"
+        path = Path(sweep_dir) / "runs" / r["run_id"] / "metrics.jsonl"
         s = summarize_probes(read_jsonl(path)) if path.exists() else {}
         rows.append({"variant": r["variant"], "size": r["size"], "lr": r["lr"], "status": r["status"],
                      **{k: s.get(k, math.nan) for k in STABILITY_COLUMNS}})
     return pd.DataFrame(rows).sort_values(["variant", "size", "lr"]).reset_index(drop=True)
 
 
-def _markdown(opt: pd.DataFrame, axis: str) -> str:
-    head = f"| variant | {axis} | best LR (grid) | best loss | η* (Eq. 2) | drift log2 (grid) | drift log2 (Eq. 2) | diverged |"
-    lines = [head, "|" + "---|" * 8]
-    f = lambda x, fmt: "–" if x is None or not np.isfinite(x) else format(x, fmt)  # noqa: E731
+def _finite(x) -> bool:
+    return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and bool(np.isfinite(x))
+
+
+def _f(x, fmt: str) -> str:
+    return format(x, fmt) if _finite(x) else "–"
+
+
+def _ci(lo, hi, fmt: str) -> str:
+    return f"[{format(lo, fmt)}, {format(hi, fmt)}]" if _finite(lo) and _finite(hi) else "–"
+
+
+def markdown(opt: pd.DataFrame, axis: str) -> str:
+    head = (f"| variant | {axis} | best LR (grid) | best loss | η* (Eq. 2) | η* 95% CI | drift log2 (grid) | "
+            f"drift log2 (Eq. 2) | drift 95% CI | diverged |")
+    lines = [head, "|" + "---|" * 10]
     for r in opt.to_dict("records"):
         edge = f" ({r['eq2_edge']} edge)" if r.get("eq2_edge") else ""
-        lines.append(f"| {r['variant']} | {r['size']} | {f(r.get('best_lr'), '.3g')} | {f(r.get('best_loss'), '.4f')} | "
-                     f"{f(r.get('eta_star'), '.3g')}{edge} | {f(r.get('drift_best_lr_log2'), '+.2f')} | "
-                     f"{f(r.get('drift_eta_star_log2'), '+.2f')} | {r['n_diverged']} |")
+        eta_ci = _ci(r.get("eta_ci_lo", math.nan), r.get("eta_ci_hi", math.nan), ".3g")
+        drift_ci = _ci(r.get("drift_eta_star_log2_lo", math.nan), r.get("drift_eta_star_log2_hi", math.nan), "+.2f")
+        lines.append(f"| {r['variant']} | {fmt_size(r['size'])} | {_f(r.get('best_lr'), '.3g')} | "
+                     f"{_f(r.get('best_loss'), '.4f')} | {_f(r.get('eta_star'), '.3g')}{edge} | {eta_ci} | "
+                     f"{_f(r.get('drift_best_lr_log2'), '+.2f')} | {_f(r.get('drift_eta_star_log2'), '+.2f')} | "
+                     f"{drift_ci} | {r['n_diverged']} |")
     return "\n".join(lines) + "\n"
 
 
+_markdown = markdown  # the name earlier callers used
+
+
+def caption_for(df: pd.DataFrame, hardware: str) -> str:
+    fps = ", ".join(sorted(df["data_fingerprint"].dropna().astype(str).unique())) or "none recorded"
+    toks = sorted(df["tokens"].unique())
+    tok = f"{int(toks[0]):,} tokens each" if len(toks) == 1 else f"{int(toks[0]):,}–{int(toks[-1]):,} tokens"
+    return (f"{df['run_id'].nunique()} runs, {tok}, N active {df['n_active'].min():,}–{df['n_active'].max():,} | "
+            f"data: {fps} | hardware: {hardware}")
+
+
+def config_keys_used(axis: str, variant_keys: Iterable[str]) -> list[str]:
+    """The config values an analysis of this axis needs from each run (committed as run_config.csv)."""
+    keys = [DEPTH_KEY, "parametrization.name", "parametrization.base_d_model", *variant_keys]
+    if "." in axis:
+        keys.append(axis)
+    return list(dict.fromkeys(keys))
+
+
 def write_transfer(sweep_dir: str | Path, out: str | Path | None = None, *, axis: str = "d_model",
-                   hardware: str = "unknown") -> dict:
-    """Load, find optima, write transfer.{png,csv,md,json}; returns the JSON summary."""
+                   hardware: str = "unknown", variant_keys: Iterable[str] = (), tokens: str | int = "last",
+                   probes: bool = True, common_lr: float | None = None) -> dict:
+    """Load, find optima, write transfer.{png,csv,md,json} and stability.csv; from a sweep directory
+    also run_config.csv and a copy of the results table; with
+    `probes` and runs that logged probes, also probes.csv and figures 5 and 6. Returns the JSON summary."""
     sweep_dir = Path(sweep_dir)
     out = Path(out) if out else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
-    df = load_transfer(sweep_dir, axis)
+    variant_keys = list(variant_keys)
+    df = load_transfer(sweep_dir, axis, variant_keys=variant_keys, tokens=tokens)
     opt = optima(df)
-    tokens = int(df["tokens"].max())
-    fps = ", ".join(sorted(df["data_fingerprint"].dropna().astype(str).unique())) or "none recorded"
-    caption = (f"{len(df)} runs, {tokens:,} tokens each, N active {df['n_active'].min():,}–{df['n_active'].max():,} | "
-               f"data: {fps} | hardware: {hardware}")
+    caption = caption_for(df, hardware)
     plot_transfer(df, opt, out / "transfer.png", axis=axis, caption=caption)
     opt.to_csv(out / "transfer.csv", index=False)
-    stab = stability(sweep_dir, df)
-    stab.to_csv(out / "stability.csv", index=False, float_format="%.4g")
-    (out / "transfer.md").write_text(_markdown(opt, axis))
-    summary = {"sweep_dir": str(sweep_dir), "axis": axis, "caption": caption, "n_runs": len(df),
+    stability(sweep_dir, df).to_csv(out / "stability.csv", index=False, float_format="%.4g")  # nan without runs/
+    export_study_tables(sweep_dir, out, df["run_id"], config_keys_used(axis, variant_keys))
+    summary = {"sweep_dir": str(sweep_dir), "axis": axis, "variant_keys": variant_keys, "tokens": tokens,
+               "caption": caption, "n_runs": len(df), "eq2_window": EQ2_WINDOW,
+               "drift_interval": "95%, delta-method se of both Eq. 2 fits propagated in log space, "
+                                 "Student t at Welch-Satterthwaite dof",
                "optima": json.loads(opt.to_json(orient="records")),
                "runs": json.loads(df.to_json(orient="records"))}
+    if probes and (sweep_dir / "runs").is_dir():
+        from lrscale.analysis.probe_series import write_probe_figures
+        summary["probe_outputs"] = write_probe_figures(sweep_dir, df, out, axis=axis, hardware=hardware,
+                                                       common_lr=common_lr)
+    notes = summary.get("probe_outputs", {}).get("monitor_notes", [])
+    (out / "transfer.md").write_text(markdown(opt, axis) + ("\nOptimizer monitors (monitors.png):\n" +
+                                                            "".join(f"- {n}\n" for n in notes) if notes else ""))
     (out / "transfer.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
-class TransferCallback(Callback):
-    """Hydra callback (configs/experiment/transfer_*.yaml): write the transfer figure and table
-    into sweep.dir when the multirun ends. A failure is reported, never fatal: the runs are on
-    disk and `python -m analysis.transfer` re-plots them."""
+def run_analysis(analysis: str, sweep_dir, out=None, *, axis: str = "d_model", hardware: str = "unknown",
+                 variant_keys: Iterable[str] = (), **kwargs) -> dict:
+    """Dispatch to the analysis a study needs (auto: horizon for axis=tokens, else transfer)."""
+    if analysis not in ANALYSES:
+        raise ValueError(f"analysis {analysis!r} is unknown; valid: {', '.join(ANALYSES)}")
+    if analysis == "auto":
+        analysis = "horizon" if axis == "tokens" else "transfer"
+    if analysis == "horizon":
+        from lrscale.analysis.horizon import write_horizon
+        return write_horizon(sweep_dir, out, hardware=hardware, variant_keys=variant_keys, **kwargs)
+    if analysis == "weight_decay":
+        from lrscale.analysis.weight_decay import write_weight_decay
+        return write_weight_decay(sweep_dir, out, hardware=hardware, variant_keys=variant_keys or None, **kwargs)
+    if analysis == "modulewise":
+        from lrscale.analysis.modulewise import write_modulewise
+        return write_modulewise(sweep_dir, out, hardware=hardware, variant_keys=variant_keys, **kwargs)
+    return write_transfer(sweep_dir, out, axis=axis, hardware=hardware, variant_keys=variant_keys, **kwargs)
 
-    def __init__(self, axis: str = "d_model"):
+
+class TransferCallback(Callback):
+    """Hydra callback (configs/experiment/transfer_*.yaml): write the transfer figure and tables
+    into sweep.dir when the multirun ends. `analysis`: auto | transfer | horizon | weight_decay |
+    modulewise. A failure is reported, never fatal: the runs are on disk and
+    `python -m analysis.transfer` re-plots them."""
+
+    def __init__(self, axis: str = "d_model", variant_keys: Iterable[str] = (), analysis: str = "auto"):
         self.axis = axis
+        self.variant_keys = list(variant_keys or ())
+        self.analysis = analysis
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         from lrscale.training.sweep import hardware_line
         sweep_dir = Path(config.sweep.dir)
+        keys = " ".join(self.variant_keys)
+        again = (f"python -m analysis.transfer {sweep_dir} --axis {self.axis} --analysis {self.analysis}"
+                 + (f" --variant-keys {keys}" if keys else ""))
         try:
-            write_transfer(sweep_dir, axis=self.axis, hardware=hardware_line(sweep_dir, config.hardware))
-            print(f"[transfer] transfer.png, transfer.md and transfer.json written to {sweep_dir}", file=sys.stderr)
+            run_analysis(self.analysis, sweep_dir, axis=self.axis, variant_keys=self.variant_keys,
+                         hardware=hardware_line(sweep_dir, config.hardware))
+            print(f"[transfer] {self.analysis} analysis written to {sweep_dir}", file=sys.stderr)
         except Exception as e:  # noqa: BLE001 - the sweep's data is safe; re-plot by hand
-            print(f"[transfer] plotting failed ({type(e).__name__}: {e}); re-run "
-                  f"`python -m analysis.transfer {sweep_dir} --axis {self.axis}`", file=sys.stderr)
+            print(f"[transfer] analysis failed ({type(e).__name__}: {e}); re-run `{again}`", file=sys.stderr)
+
+
+def _tokens_arg(value: str) -> str | int:
+    return value if value in ("last", "all") else int(float(value))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.transfer", description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep_dir")
-    p.add_argument("--axis", choices=tuple(AXES), default="d_model")
+    p = argparse.ArgumentParser(prog="python -m analysis.transfer", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep_dir", help="a sweep directory, or a committed experiment folder")
+    p.add_argument("--axis", default="d_model",
+                   help=f"{', '.join(AXES)}, or a dotted config key (e.g. model.moe.d_expert); tokens = horizon")
+    p.add_argument("--variant-keys", nargs="*", default=[],
+                   help="dotted config keys whose values split variants (e.g. optim.weight_decay_mode "
+                        "parametrization.wd_convention)")
+    p.add_argument("--analysis", choices=ANALYSES, default="auto",
+                   help="auto: horizon for --axis tokens, transfer otherwise")
+    p.add_argument("--tokens", type=_tokens_arg, default="last", help="transfer: last (default) or a budget")
+    p.add_argument("--base-tokens", type=float, default=None, help="horizon: D0 (default: the smallest budget)")
+    p.add_argument("--common-lr", type=float, default=None,
+                   help="figure 5/6: the common LR (default: the reference variant's optimum at the base size)")
+    p.add_argument("--no-probes", action="store_true", help="transfer: skip probes.csv and figures 5 and 6")
     p.add_argument("--out", default=None, help="output directory (default: the sweep directory)")
     p.add_argument("--hardware", default="unknown", help="where the runs ran, for the caption")
     a = p.parse_args(argv)
+    analysis = "horizon" if a.analysis == "auto" and a.axis == "tokens" else \
+        "transfer" if a.analysis == "auto" else a.analysis
+    kwargs: dict = {}
+    if analysis == "transfer":
+        kwargs = {"tokens": a.tokens, "probes": not a.no_probes, "common_lr": a.common_lr}
+    elif analysis == "horizon" and a.base_tokens:
+        kwargs = {"base_tokens": a.base_tokens}
     try:
-        s = write_transfer(a.sweep_dir, a.out, axis=a.axis, hardware=a.hardware)
+        s = run_analysis(analysis, a.sweep_dir, a.out, axis=a.axis, hardware=a.hardware,
+                         variant_keys=a.variant_keys, **kwargs)
     except (FileNotFoundError, ValueError) as e:
         print(f"[transfer] {e}", file=sys.stderr)
         return 2
-    print(_markdown(pd.DataFrame(s["optima"]), a.axis))
+    print(s.get("markdown") or markdown(pd.DataFrame(s["optima"]), a.axis))
     return 0
 
 

@@ -1,0 +1,82 @@
+"""Module-wise LR ablation (analysis/modulewise.py): loss at the optimum and the sharpness of the
+loss-vs-LR curve (Eq. 2 curvature, loss increase at x2 and x1/2), checked against hand arithmetic."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lrscale.analysis.modulewise import LN2_SQ, loss_at, modulewise_optima, write_modulewise
+from lrscale.analysis.synthetic_transfer import planted_ablation, quadratic_loss
+from lrscale.analysis.transfer import load_transfer
+
+
+def test_loss_at_interpolates_in_log_lr_by_hand():
+    lrs, losses = [1.0, 2.0, 4.0, 2.0], [3.0, 1.0, 2.0, 2.0]     # LR 2 twice: mean 1.5
+    assert loss_at(lrs, losses, 2.0) == pytest.approx(1.5)
+    assert loss_at(lrs, losses, 2 ** 1.5) == pytest.approx((1.5 + 2.0) / 2)   # half way in ln eta
+    assert loss_at(lrs, losses, 2 ** 0.25) == pytest.approx(3.0 + 0.25 * (1.5 - 3.0))
+    assert math.isnan(loss_at(lrs, losses, 8.0))
+    assert loss_at(lrs, losses, 8.0, diverged_lrs=[8.0]) == math.inf
+    assert loss_at(lrs, losses, 0.25, diverged_lrs=[0.5]) == math.inf
+    assert math.isnan(loss_at(lrs, losses, 0.25, diverged_lrs=[8.0]))
+
+
+def test_curvature_and_x2_increase_by_hand(tmp_path):
+    """L = L_min + C (ln eta - ln eta*)^2 on LRs spaced by 2: Eq. 2 is exact, so C, eta* and L_min are
+    the planted ones and the Eq. 2 increase at x2 is C ln(2)^2. The interpolated increase is worked out
+    by hand: eta_ref = eta* sits between grid LRs, and so does 2 eta_ref, at the same fraction of their
+    interval, so both chords overshoot the parabola by the same amount and the increase is C ln(2)^2 too."""
+    sweep = planted_ablation(tmp_path / "a", variants={"sp": (4e-3, 4.3, 0.2), "mup": (1e-2, 4.2, 0.08)},
+                             lrs=[1.5e-3, 3e-3, 6e-3, 1.2e-2, 2.4e-2, 4.8e-2])
+    opt = modulewise_optima(load_transfer(sweep)).set_index("variant")
+    for variant, (eta, L_min, C) in {"sp": (4e-3, 4.3, 0.2), "mup": (1e-2, 4.2, 0.08)}.items():
+        r = opt.loc[variant]
+        assert r["eta_star"] == pytest.approx(eta, rel=1e-6) and r["eq2_loss_min"] == pytest.approx(L_min)
+        assert r["eq2_C"] == pytest.approx(C) and r["dloss_x2_eq2"] == pytest.approx(C * LN2_SQ)
+        assert r["eta_ref_source"] == "eq2"
+        # by hand: loss at eta_ref and at 2 eta_ref, each a chord between its two neighbouring grid LRs
+        grid = np.array([1.5e-3, 3e-3, 6e-3, 1.2e-2, 2.4e-2, 4.8e-2])
+        def chord(x):  # noqa: E306
+            i = np.searchsorted(grid, x) - 1
+            f = (math.log(x) - math.log(grid[i])) / math.log(2)
+            left, right = (quadratic_loss(g, eta, L_min=L_min, C=C) for g in grid[i:i + 2])
+            return (1 - f) * left + f * right
+        assert r["loss_at_ref"] == pytest.approx(chord(eta))
+        assert r["dloss_x2"] == pytest.approx(chord(2 * eta) - chord(eta))
+        assert r["dloss_x2"] == pytest.approx(C * LN2_SQ)
+        assert r["dloss_half"] == pytest.approx(chord(eta / 2) - chord(eta))
+    gap = opt.loc["mup", "best_loss"] - opt.loc["sp", "best_loss"]
+    assert opt.loc["mup", "best_loss_minus_sp"] == pytest.approx(gap)
+    assert opt.loc["sp", "best_loss_minus_sp"] == 0.0
+
+
+def test_uneven_grid_interpolated_increase_by_hand():
+    # eta* = 1 on LRs {0.5, 1, 1.5, 3}: eta_ref = 1 is a grid LR; 2 lies between 1.5 and 3.
+    C = 0.1
+    rows = [{"variant": "sp", "size": 64, "lr": lr, "status": "ok", "val_loss": 4 + C * math.log(lr) ** 2}
+            for lr in (0.5, 1.0, 1.5, 3.0)]
+    r = modulewise_optima(pd.DataFrame(rows)).iloc[0]
+    assert r["eta_star"] == pytest.approx(1.0) and r["eq2_C"] == pytest.approx(C)
+    f = math.log(2 / 1.5) / math.log(3 / 1.5)
+    by_hand = (1 - f) * C * math.log(1.5) ** 2 + f * C * math.log(3) ** 2
+    assert r["dloss_x2"] == pytest.approx(by_hand)
+    assert r["dloss_half"] == pytest.approx(C * math.log(2) ** 2)
+    assert r["dloss_x2"] > r["dloss_x2_eq2"]  # the chord lies above the parabola
+
+
+def test_a_cliff_above_the_optimum_is_an_infinite_increase(tmp_path):
+    sweep = planted_ablation(tmp_path / "a", variants={"sp": (1.2e-2, 4.3, 0.2)},
+                             lrs=[1.5e-3, 3e-3, 6e-3, 1.2e-2, 2.4e-2], diverge_above=1.3e-2)
+    r = modulewise_optima(load_transfer(sweep)).iloc[0]
+    assert r["n_diverged"] == 1 and r["eta_ref_source"] == "grid" and r["best_lr"] == pytest.approx(1.2e-2)
+    assert r["dloss_x2"] == math.inf
+
+
+def test_write_modulewise_outputs(tmp_path):
+    out = write_modulewise(planted_ablation(tmp_path / "a"), tmp_path / "o", hardware="test")
+    for f in ("modulewise.png", "modulewise.csv", "modulewise.md", "modulewise.json", "run_config.csv"):
+        assert (tmp_path / "o" / f).exists(), f
+    assert "| sp_mup_lr |" in out["markdown"] and len(out["optima"]) == 3
