@@ -59,6 +59,9 @@ args, _ = parser.parse_known_args()
 # ## Recompute everything from the tables, family by family
 
 # %%
+if not args.study.is_dir():
+    print(f"{args.study} does not exist: no committed comparison to rebuild")
+    sys.exit(0)
 failures = []
 for family_dir in sorted(p for p in args.study.iterdir() if (p / "design.json").exists()):
     design = json.loads((family_dir / "design.json").read_text())
