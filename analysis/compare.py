@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from lrscale.analysis.fitting import InsufficientDataError, fit_lr_curve, fit_sweep
+from lrscale.training.io import jsonable
 from lrscale.analysis.results import load_results, usable_mask
 
 PARADIGMS = ("fitting", "transfer", "transfer_nohorizon")
@@ -102,7 +103,7 @@ class Prediction:
     details: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
 
 def _quiet_lr_fit(lrs, losses, window):
@@ -448,20 +449,6 @@ def build_comparison(root: Path, design: dict, predictions: dict[str, list[Predi
 
 # ---- outputs ------------------------------------------------------------------------------------
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
-
-
 def _g(x, fmt=".3g") -> str:
     return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
@@ -601,7 +588,7 @@ def write_comparison(root: Path, comparison: dict, predictions: dict[str, list[P
     out = Path(out) if out else root
     out.mkdir(parents=True, exist_ok=True)
     paths = {"comparison.json": out / "comparison.json", "report.md": out / "report.md"}
-    write_json(paths["comparison.json"], _jsonable(comparison))
+    write_json(paths["comparison.json"], jsonable(comparison))
     write_text(paths["report.md"], report_markdown(comparison))
     for t in comparison["targets"]:
         path = out / f"fig4_{t['name']}.png"

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
+from lrscale.training.io import jsonable
 from lrscale.analysis.results import N_KINDS, status_counts, usable_mask
 
 
@@ -800,7 +801,7 @@ class SweepFit:
                     "mean_abs_err_ln_eta": float(self.loso["err_ln_eta"].abs().mean()),
                     "largest_size_held_out": largest,
                     "points": self.loso.to_dict(orient="records")}
-        return _jsonable({
+        return jsonable({
             "n_kind": self.n_kind, "parametrization": self.parametrization,
             "data_fingerprints": self.data_fingerprints, "settings": self.settings,
             "counts": self.counts, "scale": self.scale(),
@@ -813,25 +814,6 @@ class SweepFit:
 
 def _n_of(points: pd.DataFrame, model: str) -> float:
     return float(points.loc[points["model"] == model, "N"].iloc[0])
-
-
-def _jsonable(obj):
-    """Plain JSON types; NaN/inf become null (strict JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    if obj is pd.NA or obj is pd.NaT:
-        return None
-    return str(obj)
 
 
 def _optimum_row(model: str, N: float, D: float, fit: LrFit, source: str, n_diverged: int) -> dict:

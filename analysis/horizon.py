@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from lrscale.analysis.drift import fit_log_linear
-from lrscale.analysis.fitting import _jsonable
+from lrscale.training.io import jsonable
 from lrscale.analysis.plots import new_figure, save_figure
 from lrscale.analysis.run_configs import export_study_tables, load_runs
 from lrscale.analysis.transfer import (EQ2_WINDOW, _ci, _f, add_drift, caption_for, config_keys_used, draw_lr_curves,
@@ -202,7 +202,7 @@ def write_horizon(sweep_dir: str | Path, out: str | Path | None = None, *, hardw
     (out / "horizon.md").write_text(md)
     export_study_tables(sweep_dir, out, df["run_id"].unique(),
                         config_keys_used("tokens", [*variant_keys, "optim.horizon_beta"]))
-    summary = _jsonable({"sweep_dir": str(sweep_dir), "axis": "tokens", "variant_keys": variant_keys,
+    summary = jsonable({"sweep_dir": str(sweep_dir), "axis": "tokens", "variant_keys": variant_keys,
                          "base_tokens": base_tokens, "paper_beta": PAPER_BETA, "caption": caption,
                          "eq2_window": EQ2_WINDOW, "beta": fits,
                          "optima": json.loads(table.to_json(orient="records")), "markdown": md})

@@ -26,7 +26,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from lrscale.analysis.fitting import _jsonable
+from lrscale.training.io import jsonable
 from lrscale.analysis.plots import new_figure, save_figure
 from lrscale.analysis.run_configs import export_study_tables
 from lrscale.analysis.transfer import (EQ2_WINDOW, _ci, _f, caption_for, config_keys_used, eq2_fit, fit_columns,
@@ -161,7 +161,7 @@ def write_modulewise(sweep_dir: str | Path, out: str | Path | None = None, *, ha
     md = markdown(opt)
     (out / "modulewise.md").write_text(md)
     export_study_tables(sweep_dir, out, df["run_id"], config_keys_used("d_model", variant_keys))
-    result = _jsonable({"sweep_dir": str(sweep_dir), "analysis": "modulewise", "variant_keys": variant_keys,
+    result = jsonable({"sweep_dir": str(sweep_dir), "analysis": "modulewise", "variant_keys": variant_keys,
                         "window": window, "caption": caption, "optima": json.loads(opt.to_json(orient="records")),
                         "markdown": md})
     (out / "modulewise.json").write_text(json.dumps(result, indent=1))

@@ -41,11 +41,11 @@ from lrscale.analysis.fitting import (
     CurvedLawFit,
     InsufficientDataError,
     LawFit,
-    _jsonable,
     fit_curved_lr_law,
     fit_lr_law,
     fit_sweep,
 )
+from lrscale.training.io import jsonable
 from lrscale.analysis.laws import PUBLISHED_LAWS, bjorck_law, choose_reference_point, rescale_law
 from lrscale.analysis.results import N_KINDS, load_results
 
@@ -380,7 +380,7 @@ class LawFormComparison:
     points: list[dict]
 
     def to_json(self) -> dict:
-        return _jsonable({"curved": self.curved.to_json(),
+        return jsonable({"curved": self.curved.to_json(),
                           **{k: v for k, v in asdict(self).items() if k != "curved"}})
 
 
@@ -506,7 +506,7 @@ class FittingRecommendation:
         d = {k: v for k, v in asdict(self).items() if k not in ("comparison", "range")}
         d["range"] = asdict(self.range)
         d["comparison"] = self.comparison.to_json() if self.comparison else None
-        return _jsonable(d)
+        return jsonable(d)
 
 
 def recommend_fitting(source: FitSource, N: float, D: float, *, level: float = 0.95,
@@ -730,7 +730,7 @@ class TransferRecommendation:
     groups: list[dict]
 
     def to_json(self) -> dict:
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
 
 def recommend_transfer(proxy_lr: float, proxy_cfg, target_cfg, tokens: float, *,
@@ -778,7 +778,7 @@ class Recommendation:
     warnings: list[str]
 
     def to_json(self) -> dict:
-        return _jsonable({
+        return jsonable({
             "target": {"N": self.N, "D": self.D, "n_kind": self.n_kind,
                        "from": self.target_source},
             "fitting": self.fitting.to_json() if self.fitting else None,

@@ -13,7 +13,8 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lrscale.analysis.fitting import SweepFit, _jsonable, summarize_loso
+from lrscale.analysis.fitting import SweepFit, summarize_loso
+from lrscale.training.io import jsonable
 from lrscale.analysis.laws import choose_reference_point, compare_exponents
 
 FIT_JSON = "fit.json"
@@ -96,7 +97,7 @@ def build_fit_json(sf: SweepFit, meta: dict, other_kinds: dict | None = None) ->
     out["published_laws"] = _published_section(sf)
     if other_kinds:
         out["by_n_kind"] = {k: _kind_summary(v) for k, v in other_kinds.items()}
-    return _jsonable(out)
+    return jsonable(out)
 
 
 def _report_md(sweep_dir: Path, sf: SweepFit, meta: dict, other_kinds: dict | None,

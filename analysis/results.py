@@ -14,13 +14,14 @@ the file is read defensively:
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from lrscale.training.io import read_jsonl
 
 RESULTS_FILE = "results.jsonl"
 # The CSV export `training/sweep.py` writes next to it; committed experiment folders often keep
@@ -66,28 +67,6 @@ def _read_csv(path: Path) -> list[dict]:
             for r in df.to_dict(orient="records")]
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """Parse JSON lines; tolerate only a truncated *last* line (a killed writer)."""
-    lines = path.read_text().splitlines()
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
-    records = []
-    for k, (lineno, line) in enumerate(numbered):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as err:
-            if k == len(numbered) - 1:
-                warnings.warn(f"{path}:{lineno}: skipping unparseable last line "
-                              f"(probably cut short by a kill): {err}", stacklevel=3)
-                continue
-            raise ValueError(
-                f"{path}:{lineno}: corrupt line in the middle of the file ({err}); "
-                f"repair or delete that line and re-run") from err
-        records.append(record)
-    return records
-
-
 def usable_mask(df: pd.DataFrame) -> pd.Series:
     """Rows that enter the fits: status ok and a finite validation loss."""
     return (df["status"] == "ok") & np.isfinite(df["val_loss"].to_numpy(dtype=float))
@@ -106,7 +85,7 @@ def load_results(sweep_dir_or_file: str | Path, *, allow_mixed: bool = False) ->
     are not comparable, so mixing must be a deliberate choice).
     """
     path = _results_path(sweep_dir_or_file)
-    records = _read_csv(path) if path.suffix == ".csv" else _read_jsonl(path)
+    records = _read_csv(path) if path.suffix == ".csv" else read_jsonl(path, warn_truncated=True)
     if not records:
         raise ValueError(f"{path} holds no results yet: wait for the sweep to write rows")
     df = pd.DataFrame.from_records(records)

@@ -44,7 +44,8 @@ import numpy as np
 import pandas as pd
 
 from lrscale.analysis.drift import _t, fit_log_linear
-from lrscale.analysis.fitting import InsufficientDataError, _jsonable
+from lrscale.analysis.fitting import InsufficientDataError
+from lrscale.training.io import jsonable
 from lrscale.analysis.plots import new_figure, save_figure
 from lrscale.analysis.run_configs import export_study_tables, load_runs
 from lrscale.analysis.transfer import _ci, _f, add_drift, caption_for, config_keys_used, usable, variant_order
@@ -376,7 +377,7 @@ def write_weight_decay(sweep_dir: str | Path, out: str | Path | None = None, *, 
         tau = measured_tau(sweep_dir, df["run_id"].unique(), tau_role)
         if len(tau):
             tau.to_csv(out / TAU_FILE, index=False)
-    result = _jsonable({"sweep_dir": str(sweep_dir), "analysis": "weight_decay", "variant_keys": keys,
+    result = jsonable({"sweep_dir": str(sweep_dir), "analysis": "weight_decay", "variant_keys": keys,
                         "window": window, "tau_role": tau_role, "caption": caption,
                         "optima": json.loads(opt.to_json(orient="records")),
                         "summary": json.loads(summary.to_json(orient="records")), "markdown": md})

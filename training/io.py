@@ -1,14 +1,19 @@
-"""Atomic writes and small JSON helpers: nothing a user produced is half-written."""
+"""Atomic writes and the project's one JSON / JSONL convention: nothing a user produced is
+half-written, and every table is read the same way. Imports nothing heavy (no torch), so the
+analysis library and tools without torch can use it too.
+
+JSON has no NaN or infinity: `jsonable` writes every non-finite number as null, and readers
+take null as "not measured".
+"""
 from __future__ import annotations
 
 import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
-
-import torch
 
 
 _UMASK = os.umask(0)
@@ -32,20 +37,28 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+def jsonable(x: Any) -> Any:
+    """Plain JSON types: dict keys as strings, numpy / pandas / torch scalars and arrays as Python
+    numbers and lists, non-finite numbers as null; anything else unknown as its str()."""
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, torch.Tensor):
-        return _jsonable(x.tolist())
-    return x
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set)):
+        return [jsonable(v) for v in x]
+    if x is None or isinstance(x, (str, bool)):
+        return x
+    if hasattr(x, "tolist"):  # numpy arrays and scalars, torch tensors
+        return jsonable(x.tolist())
+    if isinstance(x, int):
+        return x
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if type(x).__name__ in ("NAType", "NaTType"):  # pandas' missing values
+        return None
+    return str(x)
 
 
 def dumps(obj: Any, **kw) -> str:
-    return json.dumps(_jsonable(obj), **kw)
+    return json.dumps(jsonable(obj), **kw)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -58,6 +71,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def save_torch(path: Path, obj: Any) -> None:
+    import torch
+
     _atomic(path, lambda f: torch.save(obj, f))
 
 
@@ -71,20 +86,29 @@ def append_jsonl(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file, skipping a truncated final line (a kill mid-write)."""
+def read_jsonl(path: Path, *, warn_truncated: bool = False) -> list[dict]:
+    """The JSON-object rows of a JSONL file ([] when it does not exist).
+
+    Writers append one fsync'ed line at a time, so a kill can only cut the *last* line short:
+    that line is skipped (with a warning when `warn_truncated`). A bad line anywhere else means
+    the file was damaged, not interrupted: ValueError naming the line and the fix."""
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    numbered = [(i + 1, line) for i, line in enumerate(path.read_text().splitlines()) if line.strip()]
     rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
+    for k, (lineno, line) in enumerate(numbered):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            if k == len(numbered) - 1:
+                if warn_truncated:
+                    warnings.warn(f"{path}:{lineno}: skipping an unparseable last line (probably cut short by "
+                                  f"a kill): {err}", stacklevel=2)
                 continue
-            raise ValueError(f"{path}: line {i + 1} is corrupt; fix or delete that line") from None
+            raise ValueError(f"{path}:{lineno}: corrupt line in the middle of the file ({err}); repair or "
+                             "delete that line and re-run") from None
+        rows.append(row)
     return rows
