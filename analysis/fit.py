@@ -20,8 +20,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from lrscale.analysis.fitting import InsufficientDataError, fit_sweep
-from lrscale.analysis.report import write_report
+from lrscale.analysis.fitting import InsufficientDataError
+from lrscale.analysis.report import fit_and_report
 from lrscale.analysis.results import N_KINDS, load_results
 
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
@@ -88,21 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = dict(extrapolate_tokens=args.extrapolate_tokens, window=args.window,
                   include_edge=args.include_edge, parametrization=args.parametrization,
                   n_boot=args.n_boot, seed=args.seed)
+    argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
-        sf = fit_sweep(df, args.n_kind, **kwargs)
+        sf, paths = fit_and_report(args.sweep_dir, hardware=args.hardware, n_kind=args.n_kind,
+                                   all_n_kinds=args.all_n_kinds, command=f"python -m analysis.fit {argv_text}",
+                                   load_warnings=load_warnings, allow_mixed=args.allow_mixed, **kwargs)
     except (InsufficientDataError, ValueError) as err:
         return _fail(f"cannot fit {args.sweep_dir}: {err}")
-    others = {}
-    if args.all_n_kinds:
-        for kind in N_KINDS:
-            if kind != args.n_kind:
-                others[kind] = fit_sweep(df, kind, **kwargs)
-
-    argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    meta = {"hardware": args.hardware, "command": f"python -m analysis.fit {argv_text}",
-            "n_duplicates_dropped": int(df.attrs.get("n_duplicates_dropped", 0)),
-            "load_warnings": load_warnings}
-    paths = write_report(args.sweep_dir, sf, meta, other_kinds=others or None)
 
     c = sf.counts["rows"]
     print(f"{len(df)} rows: {c['ok']} ok, {c['diverged']} diverged, {c['failed']} failed; "

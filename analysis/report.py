@@ -217,3 +217,21 @@ def write_report(sweep_dir, sweep_fit: SweepFit, meta: dict | None = None, *,
     report = sweep_dir / REPORT_MD
     _atomic_write_text(report, _report_md(sweep_dir, sweep_fit, meta, other_kinds, figures))
     return {FIT_JSON: fit_json, REPORT_MD: report, **figures}
+
+
+def fit_and_report(sweep_dir, *, hardware: str = "unknown", n_kind: str = "n_active_nonembed",
+                   all_n_kinds: bool = True, command: str = "", load_warnings: list[str] | None = None,
+                   **fit_kwargs) -> tuple[SweepFit, dict[str, Path]]:
+    """Load a sweep's table, fit it (Eq. 2 -> Eq. 4 -> Eq. 6, `fit_sweep`'s keyword arguments)
+    with `n_kind` and, with `all_n_kinds`, the other two ways of counting N too, and write
+    fit.json, report.md and the figures. Raises what `load_results` / `fit_sweep` raise."""
+    from lrscale.analysis.fitting import fit_sweep
+    from lrscale.analysis.results import N_KINDS, load_results
+
+    df = load_results(sweep_dir, allow_mixed=fit_kwargs.pop("allow_mixed", False))
+    sf = fit_sweep(df, n_kind, **fit_kwargs)
+    others = {k: fit_sweep(df, k, **fit_kwargs) for k in N_KINDS if k != n_kind} if all_n_kinds else {}
+    meta = {"hardware": hardware, "command": command or f"python -m analysis.fit {sweep_dir}",
+            "n_duplicates_dropped": int(df.attrs.get("n_duplicates_dropped", 0)),
+            "load_warnings": list(load_warnings or [])}
+    return sf, write_report(sweep_dir, sf, meta, other_kinds=others or None)

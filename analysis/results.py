@@ -22,23 +22,13 @@ import numpy as np
 import pandas as pd
 
 from lrscale.training.io import read_jsonl
+from lrscale.training.results_table import COLUMNS, N_KINDS, RESULTS_FILE, ROW_STATUSES
 
-RESULTS_FILE = "results.jsonl"
-# The CSV export `training/sweep.py` writes next to it; committed experiment folders often keep
-# only this one. Same columns, blank cells for nulls.
+# The table's schema is the writer's (training/results_table.py); the CSV export sits next to it
+# and committed experiment folders often keep only that one (same columns, blank cells for nulls).
 RESULTS_CSV = "results.csv"
-
-# The three ways N is counted for every run (PAPER.md §2); fits are repeated per kind.
-N_KINDS = ("n_total", "n_active", "n_active_nonembed")
-
-STATUSES = ("ok", "diverged", "failed")
-
-REQUIRED_COLUMNS = (
-    "run_id", "config_hash", "status", "model", "parametrization",
-    *N_KINDS, "d_model", "n_layers", "num_experts", "top_k",
-    "lr", "tokens", "steps", "branch", "val_loss", "flops", "run_flops",
-    "wall_time_s", "batch_tokens", "seed", "error", "data_fingerprint",
-)
+REQUIRED_COLUMNS = COLUMNS
+STATUSES = ROW_STATUSES
 
 _FLOAT_COLUMNS = ("lr", "val_loss", "flops", "run_flops", "wall_time_s")
 _INT_COLUMNS = (*N_KINDS, "d_model", "n_layers", "num_experts", "top_k",

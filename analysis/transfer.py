@@ -42,7 +42,6 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from hydra.experimental.callback import Callback
 
 from lrscale.analysis.drift import log2_drift
 from lrscale.analysis.fitting import InsufficientDataError, LrFit, fit_lr_curve
@@ -347,31 +346,6 @@ def run_analysis(analysis: str, sweep_dir, out=None, *, axis: str = "d_model", h
         from lrscale.analysis.modulewise import write_modulewise
         return write_modulewise(sweep_dir, out, hardware=hardware, variant_keys=variant_keys, **kwargs)
     return write_transfer(sweep_dir, out, axis=axis, hardware=hardware, variant_keys=variant_keys, **kwargs)
-
-
-class TransferCallback(Callback):
-    """Hydra callback (configs/experiment/transfer_*.yaml): write the transfer figure and tables
-    into sweep.dir when the multirun ends. `analysis`: auto | transfer | horizon | weight_decay |
-    modulewise. A failure is reported, never fatal: the runs are on disk and
-    `python -m analysis.transfer` re-plots them."""
-
-    def __init__(self, axis: str = "d_model", variant_keys: Iterable[str] = (), analysis: str = "auto"):
-        self.axis = axis
-        self.variant_keys = list(variant_keys or ())
-        self.analysis = analysis
-
-    def on_multirun_end(self, config, **kwargs: Any) -> None:
-        from lrscale.training.sweep import hardware_line
-        sweep_dir = Path(config.sweep.dir)
-        keys = " ".join(self.variant_keys)
-        again = (f"python -m analysis.transfer {sweep_dir} --axis {self.axis} --analysis {self.analysis}"
-                 + (f" --variant-keys {keys}" if keys else ""))
-        try:
-            run_analysis(self.analysis, sweep_dir, axis=self.axis, variant_keys=self.variant_keys,
-                         hardware=hardware_line(sweep_dir, config.hardware))
-            print(f"[transfer] {self.analysis} analysis written to {sweep_dir}", file=sys.stderr)
-        except Exception as e:  # noqa: BLE001 - the sweep's data is safe; re-plot by hand
-            print(f"[transfer] analysis failed ({type(e).__name__}: {e}); re-run `{again}`", file=sys.stderr)
 
 
 def _tokens_arg(value: str) -> str | int:

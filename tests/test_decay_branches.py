@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from lrscale.optim import ScheduleConfig
-from lrscale.training.summary import branch_plan, summary_rows
+from lrscale.training.branches import plan_forks
+from lrscale.training.results_table import summary_rows
 
 from conftest import compose_cfg
 
@@ -58,16 +59,16 @@ def test_branch_equals_a_separate_run_to_its_budget(tmp_path, data_cache):
 def test_branch_plan_forks_where_a_separate_run_decays(capsys):
     cfg = ScheduleConfig(warmup_steps=10, decay_fraction=0.2, decay_branches=[100 * 64, 50 * 64, 200 * 64])
     # 50 steps decay for 10 (fork at 40), 100 steps for 20 (fork at 80); 200 steps is the run itself.
-    assert branch_plan(cfg, 200, 64) == [(40, 50), (80, 100)]
+    assert plan_forks(cfg, 200, 64) == [(40, 50), (80, 100)]
     # A budget past the run's end is reported, not silently measured as something else.
-    assert branch_plan(cfg, 150, 64) == [(40, 50), (80, 100)]
+    assert plan_forks(cfg, 150, 64) == [(40, 50), (80, 100)]
     assert "past the run's end" in capsys.readouterr().err
 
 
 def test_branch_plan_rejects_a_fork_inside_the_warmup():
     cfg = ScheduleConfig(warmup_steps=10, decay_fraction=0.2, decay_branches=[11 * 64])
     with pytest.raises(ValueError, match="inside the warmup"):
-        branch_plan(cfg, 100, 64)
+        plan_forks(cfg, 100, 64)
 
 
 def test_diverged_run_reports_every_budget_it_missed():
@@ -84,6 +85,6 @@ def test_diverged_run_reports_every_budget_it_missed():
 
 def test_budgets_rounding_to_the_same_step_are_measured_once():
     from lrscale.optim import ScheduleConfig
-    from lrscale.training.summary import branch_plan
+    from lrscale.training.branches import plan_forks
     cfg = ScheduleConfig(warmup_steps=2, decay_fraction=0.2, decay_branches=[10_000, 10_100, 20_000])
-    assert branch_plan(cfg, total_steps=100, tokens_per_step=1000) == [(8, 10), (16, 20)]
+    assert plan_forks(cfg, total_steps=100, tokens_per_step=1000) == [(8, 10), (16, 20)]

@@ -25,6 +25,7 @@ import pytest
 from conftest import compose_cfg, tiny_overrides
 
 import train
+from lrscale.training.rundir import identify
 from lrscale.data import DataConfig, TokenizerConfig, build_corpus
 from lrscale.models import ModelConfig, MoEConfig
 from lrscale.optim import OptimConfig
@@ -36,7 +37,7 @@ from lrscale.training.distributed import World
 from lrscale.training.interrupt import Interrupted
 from lrscale.training.io import read_jsonl
 from lrscale.training.runlock import RunLock, RunLockedError
-from lrscale.training.summary import run_sweep_job
+from lrscale.training.sweep_job import run_sweep_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +93,7 @@ def interrupted_run(cfg, monkeypatch, at: int = 7) -> Path:
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg)
     monkeypatch.undo()
-    run_dir = train.run_dir_for(cfg)
+    run_dir = identify(cfg).dir
     assert (run_dir / "checkpoint" / checkpoint.MANIFEST).exists()
     return run_dir
 
@@ -213,7 +214,7 @@ def test_full_disk_during_a_checkpoint_leaves_the_previous_one_loadable(tiny, tm
     overrides = ("train.steps=12", "train.ckpt_every=4", "logging.log_every=1")
     ref = train.run(tiny(*overrides, f"run.root={tmp_path / 'ref'}"))
     cfg = tiny(*overrides)
-    run_dir = train.run_dir_for(cfg)
+    run_dir = identify(cfg).dir
     real_save, calls = checkpoint.dcp.save, []
 
     def disk_full_on_second_save(state, checkpoint_id, **kw):
@@ -250,7 +251,7 @@ def test_ctrl_c_inside_a_checkpoint_write_stays_a_ctrl_c(tiny, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         run_sweep_job(train.run, cfg)
     assert not (tmp_path / "sweep" / "results.jsonl").exists()
-    assert find_checkpoint(train.run_dir_for(cfg)) is None
+    assert find_checkpoint(identify(cfg).dir) is None
 
 
 @pytest.mark.parametrize("exc, free, needle", [
@@ -302,7 +303,7 @@ def test_two_identical_commands_one_is_refused_and_no_row_is_doubled(tmp_path, d
     1 with one line naming it."""
     args = [*tiny_overrides(tmp_path, data_cache), "train.steps=5000", "train.eval_every=5000", "train.ckpt_every=0",
             "logging.log_every=1"]
-    run_dir = train.run_dir_for(compose_cfg(args))
+    run_dir = identify(compose_cfg(args)).dir
     procs = [subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     try:
@@ -342,7 +343,7 @@ def test_plus_override_outside_the_schema_is_refused(tiny, override, needle):
 
 
 def test_sweep_with_a_plus_typo_is_refused_before_any_job(tmp_path):
-    from lrscale.training.sweep import SweepCallback
+    from hydra_plugins.lrscale.callbacks import SweepCallback
     cfg = compose_cfg(["+experiment=fit_grid", f"sweep.dir={tmp_path}", "+optim.learning_rate=1"])
     with pytest.raises(ValueError, match="optim.learning_rate"):
         SweepCallback().on_multirun_start(cfg)
@@ -355,7 +356,7 @@ def test_sigterm_checkpoints_at_the_step_and_the_rerun_matches_an_uninterrupted_
     args = [*tiny_overrides(tmp_path, data_cache), "train.steps=150", "train.eval_every=1000",
             "train.ckpt_every=1000", "logging.log_every=1"]  # no periodic checkpoint: only the signal's
     cfg = compose_cfg(args)
-    run_dir = train.run_dir_for(cfg)
+    run_dir = identify(cfg).dir
     p = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, stderr=subprocess.PIPE, text=True)
     wait_for_rows(run_dir / "metrics.jsonl", 3, p)
     p.send_signal(signal.SIGTERM)
@@ -385,7 +386,7 @@ def test_ctrl_c_inside_a_decay_branch_abandons_it_and_the_rerun_redoes_it(tiny, 
         train.run(cfg)
     assert e.value.code == 130
     monkeypatch.undo()
-    run_dir = train.run_dir_for(cfg)
+    run_dir = identify(cfg).dir
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] == 8 and summary["branches"] == []
     assert not (tmp_path / "sweep" / "results.jsonl").exists()  # an interrupted run is no measurement

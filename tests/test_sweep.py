@@ -1,6 +1,6 @@
 """The sweep runner: `python train.py +experiment=fit_grid` as a Hydra multirun whose jobs
 are idempotent, whose crashes are data, whose table survives kills, and whose end
-writes the fit (training/summary.py, training/sweep.py)."""
+writes the fit (training/results_table.py, training/sweep_job.py, hydra_plugins/lrscale/callbacks.py)."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from lrscale.analysis.synthetic import synthetic_rows
 from lrscale.training.io import read_jsonl
-from lrscale.training.summary import record_sweep_rows, summary_rows
-from lrscale.training.sweep import SweepCallback, job_overrides
+from lrscale.training.results_table import record_rows, summary_rows
+from hydra_plugins.lrscale.callbacks import SweepCallback, job_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("fig1a_loss_vs_tokens.png", "fig1b_loss_vs_lr.png", "fig2_optimal_lr.png", "fig7_search_cost.png")
@@ -75,7 +75,7 @@ def test_sweep_records_crashes_resumes_and_never_duplicates(tmp_path, data_cache
         json.loads(line)  # the cut line is gone, not buried in the middle
 
 
-def test_record_sweep_rows_drops_a_cut_last_line_and_is_idempotent(tmp_path):
+def test_record_rows_drops_a_cut_last_line_and_is_idempotent(tmp_path):
     summary = {"status": "completed", "run_dir": "runs/a", "config_hash": "h", "model": "m", "parametrization": "sp",
                "n_total": 10, "n_active": 8, "n_active_nonembed": 4, "d_model": 8, "n_layers": 1, "num_experts": 0,
                "top_k": 0, "lr": 1e-3, "seed": 0, "batch_tokens": 16, "run_flops": 1.0, "wall_time_s": 1.0,
@@ -83,8 +83,8 @@ def test_record_sweep_rows_drops_a_cut_last_line_and_is_idempotent(tmp_path):
                "branches": [{"steps": 2, "tokens": 32, "val_loss": 3.0, "status": "ok"}]}
     path = tmp_path / "results.jsonl"
     path.write_text('{"run_id": "other", "branch": 0, "status": "ok"}\n{"run_id": "cut", "bra')
-    assert record_sweep_rows(tmp_path, summary) == 2
-    assert record_sweep_rows(tmp_path, summary) == 0
+    assert record_rows(tmp_path, summary) == 2
+    assert record_rows(tmp_path, summary) == 0
     assert keys(read_jsonl(path)) == [("other", 0, "ok"), *keys(summary_rows(summary))]
 
 

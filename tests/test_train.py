@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import train
+from lrscale.training.rundir import identify
 from lrscale.training.io import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def test_killed_run_resumes_to_identical_losses(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "train_step", killed_at_7)
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg)
-    run_dir = train.run_dir_for(cfg)
+    run_dir = identify(cfg).dir
     assert (run_dir / "checkpoint").exists() and not (run_dir / "summary.json").exists()
     monkeypatch.setattr(train, "train_step", real_step)
     resumed = train.run(cfg)
@@ -116,7 +117,7 @@ def test_named_run_refuses_a_summary_of_another_config(tiny):
 
 def test_fresh_start_owns_an_empty_metrics_log(tiny):
     cfg = tiny("logging.log_every=1")
-    run_dir = train.run_dir_for(cfg)
+    run_dir = identify(cfg).dir
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.jsonl").write_text('{"step": 99, "train_loss": 123.0}\n')  # a crashed attempt's rows
     train.run(cfg)

@@ -95,7 +95,7 @@ class RunConfig:
 class SweepConfig:
     """A sweep is a Hydra multirun (the grid lives in `hydra.sweeper.params`, see
     configs/experiment/fit_grid.yaml); these fields say where its jobs report and what
-    training/sweep.py does when the multirun ends."""
+    the sweep callback (hydra_plugins/lrscale/callbacks.py) does when the multirun ends."""
     enabled: bool = False             # jobs append their rows to <dir>/results.jsonl; crashes become rows
     dir: str = "sweeps/default"
     fit: bool = True                  # fit the laws (analysis/) when the multirun ends

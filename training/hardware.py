@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
+from typing import Any
 import os
 import platform
 import re
@@ -193,6 +195,25 @@ def fused_optimizer(hw: HardwareConfig, device: torch.device) -> bool | None:
     if hw.fused_optimizer is not None:
         return hw.fused_optimizer
     return True if device.type == "cuda" else None
+
+
+@dataclass
+class Accelerated:
+    """What the loop needs from the hardware step."""
+    model: nn.Module                  # the module to call: checkpointed, compiled, DDP/FSDP-wrapped as configured
+    autocast: Any                     # context for forward passes (bf16 autocast or a no-op)
+    fused_optimizer: bool | None      # AdamW(fused=...)
+
+
+def apply_hardware(core: nn.Module, hw: HardwareConfig, world, device: torch.device) -> Accelerated:
+    """Every hardware decision applied to a built, initialised model, in torchtitan's order
+    (`parallelize_*`): activation checkpointing, then torch.compile, then data parallelism
+    (DDP or FSDP2). Parameter names are unchanged, so the parametrization's table still
+    applies; build the optimizer from `core` after this (FSDP2 shards its parameters in place)."""
+    from .distributed import wrap
+
+    model = wrap(apply_compile(core, hw), hw, world)
+    return Accelerated(model, autocast(hw, device), fused_optimizer(hw, device))
 
 
 # ---- peak FLOP/s and MFU ------------------------------------------------------------------

@@ -1,12 +1,10 @@
-"""The pieces train.py calls: one optimizer step, evaluation, checkpoints, decay
-branches, divergence checks and MoE statistics. Each is a plain function."""
+"""The pieces of the training loop: the train state, one optimizer step, evaluation,
+divergence checks and MoE statistics. Each is a plain function; decay branches are in
+training/branches.py, checkpoints in training/checkpoint.py."""
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
-from typing import Callable
-
 import torch
 from torch import nn
 
@@ -28,6 +26,16 @@ class TrainState:
     wall_time_s: float = 0.0
     status: str = "running"           # running | completed | diverged | interrupted | failed
     branches: list = field(default_factory=list)  # finished decay-branch results
+
+    def advance(self, loss: float, tokens_per_step: int) -> None:
+        """One optimizer step done; the first loss is what divergence is measured against."""
+        self.step, self.tokens = self.step + 1, self.tokens + tokens_per_step
+        if self.initial_loss is None:
+            self.initial_loss = loss
+
+    def record_eval(self, val_loss: float) -> None:
+        self.last_val_loss = val_loss
+        self.best_val_loss = min(self.best_val_loss, val_loss)
 
 
 @dataclass
@@ -118,56 +126,3 @@ def moe_stats(core: nn.Module) -> dict:
         "moe/router_entropy": mean("router_entropy"),
         "moe/tokens_per_expert": torch.stack([s["tokens_per_expert"] for s in layers]).sum(0).tolist(),
     }
-
-
-# ---- WSD decay branches ------------------------------------------------------------------
-
-def snapshot(core: nn.Module, optimizer) -> dict:
-    """CPU copy of model and optimizer state, to return to after a branch."""
-    return {"model": {k: v.detach().to("cpu", copy=True) for k, v in core.state_dict().items()},
-            "optimizer": _to_cpu(copy.deepcopy(optimizer.state_dict()))}
-
-
-def restore(snap: dict, core: nn.Module, optimizer) -> None:
-    core.load_state_dict(snap["model"])
-    optimizer.load_state_dict(snap["optimizer"])
-
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.to("cpu")
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    return obj
-
-
-def run_decay_branch(ctx: StepContext, loader, val_batches: list, start: int, end: int, factor,
-                     divergence_factor: float, state: TrainState,
-                     stop_requested: Callable[[], bool] = lambda: False) -> dict:
-    """Fork a WSD decay from the stable state at `start`, train to `end`, evaluate, return.
-
-    The loader is a pure function of the step, so the branch sees exactly the batches a
-    separate run to `end` would see; afterwards the main run resumes from the snapshot.
-    `stop_requested` is asked before each step (collective under torchrun); when it says
-    stop, the branch is abandoned with status `interrupted` and the state restored.
-    """
-    snap = snapshot(ctx.core, ctx.optimizer)
-    main_factor = ctx.schedule.factor
-    ctx.schedule.factor = factor
-    status = "ok"
-    try:
-        for step in range(start, end):
-            if stop_requested():
-                return {"steps": end, "decay_steps": end - start, "val_loss": None, "status": "interrupted"}
-            x, y = loader.batch(step)
-            loss = train_step(ctx, x, y, step)["loss"]
-            if diverged(loss, state, divergence_factor):
-                status = "diverged"
-                break
-        val = evaluate(ctx.model, val_batches, ctx.device, ctx.autocast) if status == "ok" else None
-    finally:
-        ctx.schedule.factor = main_factor
-        restore(snap, ctx.core, ctx.optimizer)
-    return {"steps": end, "decay_steps": end - start, "val_loss": val, "status": status}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .branches import is_branch_row
 from .config import LoggingConfig
 from .io import append_jsonl, read_jsonl, write_text, dumps
 
@@ -26,7 +27,7 @@ class MetricsLogger:
         branch forking at the checkpoint's step runs again after it, so its row goes too."""
         if self.enabled and self.path.exists():
             rows = [r for r in read_jsonl(self.path)
-                    if r.get("step", 0) < step or (r.get("step", 0) == step and "branch_tokens" not in r)]
+                    if r.get("step", 0) < step or (r.get("step", 0) == step and not is_branch_row(r))]
             write_text(self.path, "".join(dumps(r) + "\n" for r in rows))
 
     def reset(self) -> None:

@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,9 +34,23 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def run_dir_for(cfg: DictConfig) -> Path:
-    name = cfg.run.name or f"{cfg.model.name}-{cfg.parametrization.name}-lr{cfg.optim.lr:.3g}-{config_hash(cfg)}"
-    return Path(cfg.run.root) / name
+@dataclass(frozen=True)
+class RunIdentity:
+    """Which run a config describes: its directory and the hash of what it computes. The same
+    command always maps to the same directory, which is what makes re-running it resume."""
+    dir: Path
+    config_hash: str
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+
+def identify(cfg: DictConfig) -> RunIdentity:
+    """The run of a composed config: runs/<model>-<parametrization>-lr<lr>-<hash> (or run.name)."""
+    chash = config_hash(cfg)
+    name = cfg.run.name or f"{cfg.model.name}-{cfg.parametrization.name}-lr{cfg.optim.lr:.3g}-{chash}"
+    return RunIdentity(Path(cfg.run.root) / name, chash)
 
 
 def git_state() -> dict:

@@ -251,7 +251,7 @@ class CompareSweeper(Sweeper):
 
     def report(self, design: Dict[str, Any], preds: Dict[str, list]) -> None:
         from lrscale.analysis import compare as cmp
-        from lrscale.training.sweep import fit_sweep_dir, hardware_line
+        from hydra_plugins.lrscale.callbacks import fit_sweep_dir, hardware_line
 
         assert self.config is not None
         hardware = hardware_line(self.root / "fitting", self.config.hardware)
