@@ -2,8 +2,9 @@
 
 These are Hydra structured configs (registered in the ConfigStore by the entry
 point, not here), so a misspelled override such as `data.val_frac=0.1` is an error
-at compose time. Values are checked once more by `validate_config` when a corpus
-is built, because Hydra checks types but not ranges.
+at compose time. `DataConfig` checks its values (ranges, source and tokenizer names)
+when it is built, before any corpus is read; a config handed over as a dict or an
+OmegaConf node is built into one first (`as_data_config`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class DataConfig:
     cache_dir: str = "~/.cache/lrscale"   # env LRSCALE_CACHE overrides when set
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
+    def __post_init__(self) -> None:
+        validate_config(self)
+
 
 def as_data_config(cfg: Any) -> DataConfig:
     """Accept a DataConfig, an OmegaConf node (what Hydra hands over) or a plain dict."""
@@ -75,7 +79,14 @@ def as_data_config(cfg: Any) -> DataConfig:
 
 
 def validate_config(cfg: DataConfig) -> None:
-    """Range checks Hydra cannot do. Source and tokenizer names are checked by their registries."""
+    """What Hydra cannot check: ranges, and the source and tokenizer names against their registries."""
+    from .sources import SOURCES
+    from .tokenizer import TOKENIZERS
+
+    if cfg.source not in SOURCES:
+        raise ValueError(f"unknown data.source={cfg.source!r}; valid sources: {sorted(SOURCES)}")
+    if cfg.tokenizer.kind not in TOKENIZERS:
+        raise ValueError(f"unknown data.tokenizer.kind={cfg.tokenizer.kind!r}; valid kinds: {sorted(TOKENIZERS)}")
     if not 0.0 <= cfg.val_fraction < 1.0:
         raise ValueError(
             f"data.val_fraction={cfg.val_fraction} must be in [0, 1): it is the share of documents "

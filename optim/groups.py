@@ -18,18 +18,13 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .config import OptimConfig
-
-WEIGHT_DECAY_MODES = ("coupled", "independent", "timescale")
-
+from .config import WEIGHT_DECAY_MODES, OptimConfig, validate_optim  # noqa: F401 (re-exported)
 
 def horizon_lr(cfg: OptimConfig, total_tokens: float) -> float:
     """Token-horizon rule lr(D) = lr(D0) * (D/D0)^-beta (Bjorck et al., arXiv 2409.19913;
     beta = 0.3509 is the D exponent of arXiv 2601.05049 Eq. 6)."""
     if cfg.horizon_beta == 0.0:
         return cfg.lr
-    if cfg.horizon_base_tokens <= 0:
-        raise ValueError("optim.horizon_beta is set: also set optim.horizon_base_tokens (D0, the tokens the lr was tuned at)")
     return cfg.lr * (total_tokens / cfg.horizon_base_tokens) ** (-cfg.horizon_beta)
 
 
@@ -51,25 +46,6 @@ def check_wd_convention(cfg: OptimConfig, table: list[dict]) -> None:
         raise ValueError(f"parametrization.wd_convention=mup rescales weight decay for coupled AdamW decay, but "
                          f"optim.weight_decay_mode={cfg.weight_decay_mode} does not couple decay to the group LR; "
                          "use optim.weight_decay_mode=coupled or parametrization.wd_convention=none")
-
-
-def validate_optim(cfg: OptimConfig) -> None:
-    if cfg.name != "adamw":
-        raise ValueError(f"optim.name='{cfg.name}' is unknown; valid: adamw")
-    if cfg.weight_decay_mode not in WEIGHT_DECAY_MODES:
-        raise ValueError(f"optim.weight_decay_mode='{cfg.weight_decay_mode}' is unknown; valid: {', '.join(WEIGHT_DECAY_MODES)}")
-    if cfg.weight_decay_mode == "timescale" and cfg.wd_timescale_tokens <= 0:
-        raise ValueError("optim.weight_decay_mode=timescale needs optim.wd_timescale_tokens > 0 (tau in tokens)")
-    if not cfg.lr > 0:
-        raise ValueError(f"optim.lr={cfg.lr} must be positive (the peak learning rate, e.g. optim.lr=3e-3)")
-    if len(cfg.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.betas):
-        raise ValueError(f"optim.betas={list(cfg.betas)} must be two numbers in [0, 1), e.g. optim.betas=[0.9,0.95]")
-    if not cfg.eps > 0:
-        raise ValueError(f"optim.eps={cfg.eps} must be positive (Adam's epsilon, e.g. 1e-8)")
-    if not cfg.weight_decay >= 0:
-        raise ValueError(f"optim.weight_decay={cfg.weight_decay} must be >= 0 (0 = off)")
-    if not cfg.grad_clip >= 0:
-        raise ValueError(f"optim.grad_clip={cfg.grad_clip} must be >= 0 (max global grad norm; 0 = off)")
 
 
 def build_param_groups(model: nn.Module, table: list[dict], cfg: OptimConfig, base_lr: float,

@@ -67,7 +67,8 @@ SCHEDULES: dict[str, Callable[[ScheduleConfig, int], Factor]] = {
 }
 
 
-def validate_schedule(cfg: ScheduleConfig, total_steps: int) -> None:
+def validate_schedule(cfg: ScheduleConfig, total_steps: int | None = None) -> None:
+    """The schedule alone (names, ranges); with `total_steps`, also against the run's length."""
     if cfg.name not in SCHEDULES:
         raise ValueError(f"schedule.name='{cfg.name}' is unknown; valid: {', '.join(SCHEDULES)}")
     if cfg.decay_shape not in DECAY_SHAPES:
@@ -76,8 +77,11 @@ def validate_schedule(cfg: ScheduleConfig, total_steps: int) -> None:
         raise ValueError(f"schedule.decay_fraction={cfg.decay_fraction} must be in (0, 1]")
     if not 0.0 <= cfg.final_lr_frac <= 1.0:
         raise ValueError(f"schedule.final_lr_frac={cfg.final_lr_frac} must be in [0, 1]")
-    if cfg.warmup_steps < 0 or cfg.warmup_steps >= total_steps:
-        raise ValueError(f"schedule.warmup_steps={cfg.warmup_steps} must be in [0, train.steps={total_steps})")
+    if cfg.warmup_steps < 0:
+        raise ValueError(f"schedule.warmup_steps={cfg.warmup_steps} must be >= 0")
+    if total_steps is not None and cfg.warmup_steps >= total_steps:
+        raise ValueError(f"schedule.warmup_steps={cfg.warmup_steps} must be less than train.steps={total_steps}; "
+                         "lower schedule.warmup_steps or raise train.steps")
     if cfg.decay_branches and cfg.name != "wsd":
         raise ValueError("schedule.decay_branches needs schedule.name=wsd (branches fork from the stable phase)")
 

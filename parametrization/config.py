@@ -38,6 +38,10 @@ class ParametrizationConfig:
             if not cond:
                 raise ValueError(msg)
 
+        from . import PARAMETRIZATIONS  # the registry of rule sets lives with them
+
+        need(self.name in PARAMETRIZATIONS, f"parametrization.name='{self.name}' is unknown; valid: "
+             f"{', '.join(PARAMETRIZATIONS)}")
         need(self.init_std > 0, f"parametrization.init_std={self.init_std} must be positive (sigma of the init)")
         need(self.base_d_model > 0, f"parametrization.base_d_model={self.base_d_model} must be positive "
              "(the width the LR was tuned at)")

@@ -5,8 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -26,6 +24,10 @@ def tiny_overrides(tmp: Path, cache: Path) -> list[str]:
 
 
 def compose_cfg(overrides: list[str]):
+    # Hydra is imported here, not at module load: the GPU and kernel tests run where only torch is.
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
     import train  # noqa: F401  (registers the structured configs)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):

@@ -122,3 +122,30 @@ def test_fresh_start_owns_an_empty_metrics_log(tiny):
     (run_dir / "metrics.jsonl").write_text('{"step": 99, "train_loss": 123.0}\n')  # a crashed attempt's rows
     train.run(cfg)
     assert sorted(train_losses(run_dir)) == list(range(1, 9))
+
+
+BAD_VALUES = [  # one misspelled or impossible value per config group, and the field the error must name
+    ("model.n_heads=3", "model.n_heads"),
+    ("parametrization.name=ntk", "parametrization.name"),
+    ("optim.weight_decay_mode=coupeld", "optim.weight_decay_mode"),
+    ("schedule.decay_shape=cosin", "schedule.decay_shape"),
+    ("data.source=webtxt", "data.source"),
+    ("data.tokenizer.kind=bpf", "data.tokenizer.kind"),
+    ("logging.wandb.mode=onlin", "logging.wandb.mode"),
+    ("hardware.dtype=bf16", "hardware.dtype"),
+    ("hardware.attention_backend=flash2", "hardware.attention_backend"),
+    ("train.steps=0", "train.steps"),
+    ("run.resume=maybe", "run.resume"),
+    ("schedule.warmup_steps=8", "schedule.warmup_steps"),   # not below train.steps=8: spans two groups
+]
+
+
+@pytest.mark.parametrize("override, field", BAD_VALUES)
+def test_a_bad_value_in_any_group_fails_before_the_corpus_is_built(tiny, monkeypatch, override, field):
+    def no_corpus(*_a, **_k):
+        raise AssertionError("the corpus was built before the config was validated")
+
+    monkeypatch.setattr(train, "build_corpus", no_corpus)
+    cfg = tiny(override)
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        train.run(cfg)

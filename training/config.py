@@ -1,5 +1,12 @@
 """The top-level typed config. Hydra composes YAML onto this schema, so a misspelled
-key or a wrong type is an error, and `to_object` runs every dataclass's validation.
+key or a wrong type is an error, and `to_object` runs every dataclass's validation: each
+group's config validates itself where its schema lives (models/config.py, optim/config.py,
+data/config.py, parametrization/config.py and the dataclasses below), and `Config` checks what
+spans groups. train.py calls `to_object` first, so a bad value fails in seconds, naming the
+field, before any corpus or model is built.
+
+Neither Hydra nor OmegaConf is imported at module load: the model, the kernels, the hardware
+step and the benchmarks run on a machine that has torch alone.
 
 One hole in that: Hydra's `+key=value` adds a key even to a typed node (its own hint for
 a misspelled key is to add the `+`), and the dataclass then drops it silently.
@@ -12,15 +19,20 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import List, Optional
-
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from typing import TYPE_CHECKING, List, Optional
 
 from lrscale.data.config import DataConfig
 from lrscale.models.config import ModelConfig
 from lrscale.optim.config import OptimConfig, ScheduleConfig
 from lrscale.parametrization.config import ParametrizationConfig
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+MISSING = "???"  # omegaconf.MISSING: a value the defaults list must supply
+DTYPES = ("float32", "bfloat16")
+DEVICES = ("cpu", "cuda", "auto")
+DATA_PARALLEL = ("none", "ddp", "fsdp")
 
 
 @dataclass
@@ -60,7 +72,21 @@ class HardwareConfig:
     fused_optimizer: Optional[bool] = None  # None = fused AdamW on CUDA, foreach on CPU
     activation_checkpointing: bool = False
     num_threads: int = 0              # CPU intra-op threads; 0 = torch's default
-    data_parallel: str = "none"       # none | ddp | fsdp (under torchrun)
+    data_parallel: str = "none"       # none | ddp | fsdp (under torchrun; none with several ranks = ddp)
+
+    def __post_init__(self) -> None:
+        """Names only: whether this device can run them is checked when the run starts
+        (training/hardware.py check_kernels), where the device is known."""
+        from lrscale.models import ATTENTION_BACKENDS, EXPERT_BACKENDS
+
+        for name, value, valid in (("device", self.device, DEVICES), ("dtype", self.dtype, DTYPES),
+                                   ("attention_backend", self.attention_backend, tuple(ATTENTION_BACKENDS)),
+                                   ("expert_backend", self.expert_backend, tuple(EXPERT_BACKENDS)),
+                                   ("data_parallel", self.data_parallel, DATA_PARALLEL)):
+            if value not in valid:
+                raise ValueError(f"hardware.{name}='{value}' is unknown; valid: {', '.join(valid)}")
+        if self.num_threads < 0:
+            raise ValueError(f"hardware.num_threads={self.num_threads} must be >= 0 (0 = torch's default)")
 
 
 @dataclass
@@ -69,6 +95,10 @@ class WandbConfig:
     project: str = "lrscale"
     entity: Optional[str] = None
     tags: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("online", "offline", "disabled"):
+            raise ValueError(f"logging.wandb.mode='{self.mode}' is unknown; valid: online, offline, disabled")
 
 
 @dataclass
@@ -89,6 +119,10 @@ class RunConfig:
     name: str = ""                    # run directory name; "" = <model>-<parametrization>-<config hash>
     resume: str = "auto"              # auto: continue if a checkpoint exists | never: refuse an existing dir
     keep_checkpoint: bool = True      # keep the last checkpoint after a run completes
+
+    def __post_init__(self) -> None:
+        if self.resume not in ("auto", "never"):
+            raise ValueError(f"run.resume='{self.resume}' is unknown; valid: auto, never")
 
 
 @dataclass
@@ -118,13 +152,24 @@ class Config:
 
     def __post_init__(self) -> None:
         """Checks that span several groups (each group validates itself)."""
+        from lrscale.optim.schedules import validate_schedule
+
+        from .branches import plan_forks
+
+        validate_schedule(self.schedule, self.train.steps)
         if self.schedule.decay_branches and self.optim.horizon_beta:
             raise ValueError("schedule.decay_branches with optim.horizon_beta != 0: the horizon rule sets one LR "
                              "for the whole run, so a branch would not equal a separate run to its budget; "
                              "use one of the two")
+        if not isinstance(self.model, str):  # "???" when composed without a model (never in train.py)
+            plan_forks(self.schedule, self.train.steps, self.train.batch_size * self.model.seq_len,
+                       warn=lambda msg: None)  # raises for a budget that cannot be measured
 
 
 def register_configs() -> None:
+    """The schema and every group's node, for Hydra's defaults lists (`- schema`, `model_schema`, ...)."""
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
     for group, node in (("model", ModelConfig), ("parametrization", ParametrizationConfig),
@@ -136,6 +181,8 @@ def register_configs() -> None:
 def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     """Dotted keys of a composed config that are no field of their node's dataclass,
     each with a suggestion when one field is close ("train.stepz (did you mean train.steps?)")."""
+    from omegaconf import OmegaConf
+
     schema = OmegaConf.get_type(cfg)
     fields = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
     found = []
@@ -164,5 +211,7 @@ def check_known_keys(cfg: DictConfig) -> None:
 
 def to_object(cfg: DictConfig) -> Config:
     """Check the keys, resolve interpolations and build the dataclasses (running their validation)."""
+    from omegaconf import OmegaConf
+
     check_known_keys(cfg)
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]

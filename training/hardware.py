@@ -30,7 +30,7 @@ from lrscale.models.moe import grouped_mm_fn
 
 from .config import HardwareConfig
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # by the names training/config.py accepts
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -39,22 +39,7 @@ def resolve_device(hw: HardwareConfig) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if hw.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("hardware.device=cuda but no CUDA device is visible; use hardware=cpu")
-    if hw.device not in ("cpu", "cuda"):
-        raise ValueError(f"hardware.device='{hw.device}' is unknown; valid: cpu, cuda, auto")
     return torch.device(hw.device)
-
-
-def validate_hardware(hw: HardwareConfig) -> None:
-    if hw.dtype not in DTYPES:
-        raise ValueError(f"hardware.dtype='{hw.dtype}' is unknown; valid: {', '.join(DTYPES)}")
-    if hw.attention_backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"hardware.attention_backend='{hw.attention_backend}' is unknown; "
-                         f"valid: {', '.join(ATTENTION_BACKENDS)}")
-    if hw.expert_backend not in EXPERT_BACKENDS:
-        raise ValueError(f"hardware.expert_backend='{hw.expert_backend}' is unknown; "
-                         f"valid: {', '.join(EXPERT_BACKENDS)}")
-    if hw.data_parallel not in ("none", "ddp", "fsdp"):
-        raise ValueError(f"hardware.data_parallel='{hw.data_parallel}' is unknown; valid: none, ddp, fsdp")
 
 
 def resolve_expert_backend(hw: HardwareConfig) -> None:
@@ -120,7 +105,7 @@ def expert_support(name: str, device: torch.device, dtype: torch.dtype, compile:
 def check_kernels(hw: HardwareConfig, model: ModelConfig, device: torch.device) -> None:
     """Before building: the chosen attention/expert backends can run on this device, dtype and
     shape, and their optional packages import. Fails loudly, listing what would run."""
-    dtype = DTYPES[hw.dtype]
+    dtype = TORCH_DTYPES[hw.dtype]
     get_attention_backend(hw.attention_backend)  # optional package importable?
     why = attention_support(hw.attention_backend, device, dtype, model.d_head)
     if why:
@@ -140,8 +125,8 @@ def check_kernels(hw: HardwareConfig, model: ModelConfig, device: torch.device) 
 
 
 def setup_torch(hw: HardwareConfig, model: ModelConfig | None = None) -> torch.device:
-    """Validate the hardware config (and, given the model config, its kernels); set threads and TF32."""
-    validate_hardware(hw)
+    """Given the model config, check its kernels against this device and dtype; set threads and TF32.
+    (The names were validated with the config, training/config.py HardwareConfig.)"""
     resolve_expert_backend(hw)
     device = resolve_device(hw)
     if model is not None:
@@ -158,9 +143,9 @@ def autocast(hw: HardwareConfig, device: torch.device):
     """bf16 autocast for matmuls. Master weights stay fp32 (autocast casts per op); the
     router, RMSNorm, attention softmax of the eager path and the loss are fp32 by
     construction in models/ (tests/test_backends.py checks the dtypes)."""
-    if DTYPES[hw.dtype] == torch.float32:
+    if TORCH_DTYPES[hw.dtype] == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[hw.dtype])
+    return torch.autocast(device_type=device.type, dtype=TORCH_DTYPES[hw.dtype])
 
 
 # ---- per-block wrappers -------------------------------------------------------------------

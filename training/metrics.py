@@ -14,9 +14,7 @@ class MetricsLogger:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         self.wandb = None
-        if enabled and cfg.wandb.mode != "disabled":
-            if cfg.wandb.mode not in ("online", "offline"):
-                raise ValueError(f"logging.wandb.mode='{cfg.wandb.mode}' is unknown; valid: online, offline, disabled")
+        if enabled and cfg.wandb.mode != "disabled":  # the mode was validated with the config
             import wandb
             self.wandb = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, name=run_name,
                                     mode=cfg.wandb.mode, config=config_dict, tags=list(cfg.wandb.tags),

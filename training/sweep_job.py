@@ -14,9 +14,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, Callable
 
 from .checkpoint import CorruptCheckpointError, quarantine_checkpoint
 from .errors import interruption
@@ -24,6 +22,9 @@ from .results_table import record_rows
 from .rundir import identify
 from .runlock import RunLockedError
 from .summary import RunSummary, write_summary
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def run_sweep_job(run: Callable[[DictConfig], dict], dcfg: DictConfig) -> dict:
