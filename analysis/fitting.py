@@ -135,83 +135,104 @@ def fit_lr_curve(lrs, losses, *, weights=None, window: int | None = None,
         raise InsufficientDataError(
             f"Eq. 2 needs finite losses at >= 3 distinct learning rates, got {grid.size} "
             f"({grid.tolist()}); add LRs spaced by factors of 2 around the expected optimum")
-    mean_loss = np.array([losses[lrs == g].mean() for g in grid])
-    i_best = int(np.argmin(mean_loss))
-
+    i_best = int(np.argmin([losses[lrs == g].mean() for g in grid]))
     if window is not None:
-        if window < 3:
-            raise ValueError(f"window={window}: Eq. 2 has 3 parameters, use window >= 3")
-        dist = np.abs(np.log(grid) - np.log(grid[i_best]))
-        keep_grid = grid[np.argsort(dist, kind="stable")[:window]]
-        sel = np.isin(lrs, keep_grid)
-        lrs, losses, w = lrs[sel], losses[sel], w[sel]
+        lrs, losses, w = _nearest_lrs(lrs, losses, w, grid, i_best, window)
+    q = _quadratic_in_ln_lr(lrs, losses, w)
+    vertex = _vertex(q, ci_level)
+    edge = _edge(grid, i_best, vertex["a"], q["convex"])
+    suggest = _suggest_beyond(grid, edge, vertex["a"], step) if edge else []
+    message = _lr_fit_message(grid, i_best, q, vertex, edge, suggest)
+    if message and warn:
+        warnings.warn(message, FitWarning, stacklevel=2)
+    return LrFit(eta_star=vertex["eta_star"], eta_ci=vertex["eta_ci"], loss_min=float(vertex["loss_min"]),
+                 C=q["q2"], a=float(vertex["a"]), a_se=vertex["a_se"], r2=q["r2"], edge=edge, suggest_lrs=suggest,
+                 convex=q["convex"], n_points=int(losses.size), lrs=lrs, losses=losses, coef=q["coef"],
+                 x0=q["x0"], message=message)
 
+
+def _nearest_lrs(lrs, losses, w, grid, i_best: int, window: int):
+    """The rows at the `window` distinct LRs nearest (in ln η) the lowest mean loss."""
+    if window < 3:
+        raise ValueError(f"window={window}: Eq. 2 has 3 parameters, use window >= 3")
+    dist = np.abs(np.log(grid) - np.log(grid[i_best]))
+    sel = np.isin(lrs, grid[np.argsort(dist, kind="stable")[:window]])
+    return lrs[sel], losses[sel], w[sel]
+
+
+def _quadratic_in_ln_lr(lrs, losses, w) -> dict:
+    """Weighted least squares L = q0 + q1·u + q2·u², u = ln η − x0 (x0 centres ln η, which keeps
+    the 3×3 normal matrix well conditioned), with what the interval needs."""
     x = np.log(lrs)
-    x0 = float(x.mean())  # centre ln η: keeps the 3×3 normal matrix well conditioned
+    x0 = float(x.mean())
     u = x - x0
     X = np.column_stack([np.ones_like(u), u, u * u])
     sw = np.sqrt(w)
     coef, *_ = np.linalg.lstsq(X * sw[:, None], losses * sw, rcond=None)
-    q0, q1, q2 = (float(v) for v in coef)
     resid = losses - X @ coef
     ss_res = float(np.sum(w * resid ** 2))
     y_bar = float(np.sum(w * losses) / np.sum(w))
     ss_tot = float(np.sum(w * (losses - y_bar) ** 2))
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
-    n = losses.size
-    dof = n - 3
-    lo, hi = math.log(grid[0]), math.log(grid[-1])
+    q0, q1, q2 = (float(v) for v in coef)
+    return {"coef": np.asarray(coef), "q0": q0, "q1": q1, "q2": q2, "x0": x0, "X": X, "w": w,
+            "ss_res": ss_res, "dof": losses.size - 3, "convex": q2 > 0,
+            "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")}
 
-    convex = q2 > 0
-    if convex:
-        a = x0 - q1 / (2 * q2)
-        loss_min = q0 - q1 * q1 / (4 * q2)
-        a_se = float("nan")
-        eta_ci = (float("nan"), float("nan"))
-        if dof > 0:
-            cov = ss_res / dof * np.linalg.pinv(X.T @ (X * w[:, None]))
-            g = np.array([0.0, -1.0 / (2 * q2), q1 / (2 * q2 * q2)])
-            a_se = float(math.sqrt(max(g @ cov @ g, 0.0)))
-            t = special.stdtrit(dof, 0.5 + ci_level / 2)  # Student-t quantile
-            with np.errstate(over="ignore"):
-                eta_ci = (float(np.exp(a - t * a_se)), float(np.exp(a + t * a_se)))
-        # Not bracketed if the fitted vertex is outside the grid, or if the lowest
-        # measured loss is at an end of the grid (the vertex is then extrapolated).
-        if a <= lo or (a < hi and i_best == 0):
-            edge = "below"
-        elif a >= hi or i_best == grid.size - 1:
-            edge = "above"
-        else:
-            edge = None
+
+def _vertex(q: dict, ci_level: float) -> dict:
+    """a = ln η* = x0 − q1/(2 q2), L_min = q0 − q1²/(4 q2), and the delta-method interval on a
+    (nan without residual degrees of freedom); all nan when the quadratic has no minimum."""
+    nan = float("nan")
+    if not q["convex"]:
+        return {"a": nan, "loss_min": nan, "a_se": nan, "eta_star": nan, "eta_ci": (nan, nan)}
+    q0, q1, q2 = q["q0"], q["q1"], q["q2"]
+    a = q["x0"] - q1 / (2 * q2)
+    out = {"a": a, "loss_min": q0 - q1 * q1 / (4 * q2), "a_se": nan, "eta_ci": (nan, nan)}
+    if q["dof"] > 0:
+        X, w = q["X"], q["w"]
+        cov = q["ss_res"] / q["dof"] * np.linalg.pinv(X.T @ (X * w[:, None]))
+        g = np.array([0.0, -1.0 / (2 * q2), q1 / (2 * q2 * q2)])
+        out["a_se"] = float(math.sqrt(max(g @ cov @ g, 0.0)))
+        t = special.stdtrit(q["dof"], 0.5 + ci_level / 2)  # Student-t quantile
         with np.errstate(over="ignore"):
-            eta_star = float(np.exp(a))
-    else:
-        a = loss_min = a_se = eta_star = float("nan")
-        eta_ci = (float("nan"), float("nan"))
-        edge = "below" if i_best == 0 else "above" if i_best == grid.size - 1 else None
+            out["eta_ci"] = (float(np.exp(a - t * out["a_se"])), float(np.exp(a + t * out["a_se"])))
+    with np.errstate(over="ignore"):
+        out["eta_star"] = float(np.exp(a))
+    return out
 
-    suggest = _suggest_beyond(grid, edge, a, step) if edge else []
-    message = None
+
+def _edge(grid, i_best: int, a: float, convex: bool) -> str | None:
+    """Not bracketed ("below"/"above") when the fitted vertex is outside the grid or the lowest
+    measured loss is at an end of it (the vertex is then extrapolated); None when bracketed."""
+    lo, hi = math.log(grid[0]), math.log(grid[-1])
     if not convex:
-        message = (f"loss vs LR is not convex in ln η (C = {q2:.3g} <= 0): Eq. 2 has no "
+        return "below" if i_best == 0 else "above" if i_best == grid.size - 1 else None
+    if a <= lo or (a < hi and i_best == 0):
+        return "below"
+    if a >= hi or i_best == grid.size - 1:
+        return "above"
+    return None
+
+
+def _lr_fit_message(grid, i_best: int, q: dict, vertex: dict, edge: str | None, suggest: list[float]) -> str | None:
+    """What is suspect about the fit, and the LRs to add; None when nothing is."""
+    message = None
+    if not q["convex"]:
+        message = (f"loss vs LR is not convex in ln η (C = {q['q2']:.3g} <= 0): Eq. 2 has no "
                    f"minimum here; lowest loss at lr={grid[i_best]:.3g}")
     if edge:
         side = "smallest" if edge == "below" else "largest"
         end_lr = grid[0] if edge == "below" else grid[-1]
-        if convex and (a <= lo or a >= hi):
+        a, eta_star = vertex["a"], vertex["eta_star"]
+        if q["convex"] and (a <= math.log(grid[0]) or a >= math.log(grid[-1])):
             where = f"fitted η* ≈ {eta_star:.3g} lies beyond the {side} sampled LR ({end_lr:.3g})"
         else:
             where = (f"the lowest loss is at the {side} sampled LR ({end_lr:.3g}), so "
-                     + (f"η* ≈ {eta_star:.3g}" if convex else "the optimum") + " is not bracketed")
+                     + (f"η* ≈ {eta_star:.3g}" if q["convex"] else "the optimum") + " is not bracketed")
         message = ((message + "; ") if message else "") + (
             f"{where}: the fit is extrapolated and biased; add lr in "
             f"{[float(f'{v:.3g}') for v in suggest]}")
-    if message and warn:
-        warnings.warn(message, FitWarning, stacklevel=2)
-    return LrFit(eta_star=eta_star, eta_ci=eta_ci, loss_min=float(loss_min), C=q2, a=float(a),
-                 a_se=a_se, r2=r2, edge=edge, suggest_lrs=suggest, convex=convex,
-                 n_points=int(n), lrs=lrs, losses=losses, coef=np.asarray(coef), x0=x0,
-                 message=message)
+    return message
 
 
 # ---------------------------------------------------------------------------
@@ -869,26 +890,47 @@ def fit_sweep(df: pd.DataFrame, n_kind: str = "n_active_nonembed", *,
     if points.empty:
         raise InsufficientDataError(f"no usable rows (status ok, finite val_loss) for "
                                     f"parametrization={parametrization!r}: {counts['rows']}")
-
-    # Groups the law would silently average over: say so.
-    families = set(np.where(points["num_experts"] > 0, "MoE", "dense"))
-    if len(families) > 1:
-        messages.append("the law is fitted across dense and MoE models together; filter the "
-                        "table to one family to match the paper's (MoE-only) setup")
-    for model, g in points.groupby("model"):
-        if g["batch_tokens"].nunique() > 1:
-            messages.append(f"{model}: several batch sizes {sorted(g['batch_tokens'].unique())} "
-                            f"are fitted together; the optimal LR depends on batch size")
-
-    def n_diverged(model, D=None):
-        m = unusable["model"] == model
-        if D is not None:
-            m &= unusable["tokens"] == D
-        return int(m.sum())
-
+    messages += _mixing_warnings(points)
     label = {m: f"{m} (N={n:.3g})" for m, n in points.groupby("model")["N"].first().items()}
 
-    # 1. Eq. 2 per (model, D).
+    rows, lr_fits = _eq2_per_size_and_budget(points, unusable, window, label, messages)        # 1.
+    data_fits = _eq4_per_size_and_lr(points, label, messages)                                  # 2.
+    ext = sorted({int(round(float(d))) for d in (extrapolate_tokens or [])})
+    extrapolated = _eq2_on_eq4_predictions(points, data_fits, ext, window, label, rows, messages)
+    optima = pd.DataFrame(rows).sort_values(["N", "D", "source"]).reset_index(drop=True)
+    good = optima["convex"] & np.isfinite(optima["eta_star"].astype(float))
+    optima["used_in_law"] = good & (include_edge | optima["edge"].isna())
+    n_edge = int((good & optima["edge"].notna()).sum())
+    if n_edge and not include_edge:
+        messages.append(f"{n_edge} edge optim{'um' if n_edge == 1 else 'a'} excluded from Eq. 6 "
+                        f"(extend the LR grid as suggested, or pass include_edge=True)")
+    law, loso = _law_and_loso(optima[optima["used_in_law"]], n_boot, seed, messages)           # 3., 4.
+
+    settings = {"n_kind": n_kind, "extrapolate_tokens": ext, "window": window,
+                "include_edge": include_edge, "n_boot": n_boot, "seed": seed}
+    return SweepFit(n_kind=n_kind, parametrization=parametrization,
+                    data_fingerprints=sorted(df["data_fingerprint"].dropna().astype(str).unique()),
+                    points=points, unusable=unusable, counts=counts, lr_fits=lr_fits,
+                    extrapolated_lr_fits=extrapolated, data_fits=data_fits, optima=optima,
+                    law=law, loso=loso, search_cost=search_cost(df), warnings=messages,
+                    settings=settings)
+
+
+def _mixing_warnings(points: pd.DataFrame) -> list[str]:
+    """Groups the law would silently average over."""
+    out = []
+    if len(set(np.where(points["num_experts"] > 0, "MoE", "dense"))) > 1:
+        out.append("the law is fitted across dense and MoE models together; filter the "
+                   "table to one family to match the paper's (MoE-only) setup")
+    for model, g in points.groupby("model"):
+        if g["batch_tokens"].nunique() > 1:
+            out.append(f"{model}: several batch sizes {sorted(g['batch_tokens'].unique())} "
+                       f"are fitted together; the optimal LR depends on batch size")
+    return out
+
+
+def _eq2_per_size_and_budget(points, unusable, window, label, messages) -> tuple[list[dict], dict]:
+    """Step 1: Eq. 2 per (model, D) -> optimum rows (source "measured") and the fits."""
     rows, lr_fits = [], {}
     for (model, D), g in points.groupby(["model", "tokens"], sort=True):
         if g["lr"].nunique() < 3:
@@ -899,13 +941,17 @@ def fit_sweep(df: pd.DataFrame, n_kind: str = "n_active_nonembed", *,
         lr_fits[(model, int(D))] = fit
         if fit.message:
             messages.append(f"{label[model]}, D={D:.3g}: {fit.message}")
-        rows.append(_optimum_row(model, g["N"].iloc[0], D, fit, "measured", n_diverged(model, D)))
+        n_div = int(((unusable["model"] == model) & (unusable["tokens"] == D)).sum())
+        rows.append(_optimum_row(model, g["N"].iloc[0], D, fit, "measured", n_div))
     if not lr_fits:
         raise InsufficientDataError(
             "no (model, token budget) has finite losses at >= 3 distinct LRs, so Eq. 2 cannot "
             "be fitted anywhere; sweep >= 5 LRs per size (PAPER.md §2)")
+    return rows, lr_fits
 
-    # 2. Eq. 4 per (model, η), and Eq. 2 on its predictions at the requested horizons.
+
+def _eq4_per_size_and_lr(points, label, messages) -> dict:
+    """Step 2a: Eq. 4 per (model, η) with >= 3 budgets."""
     data_fits = {}
     for (model, lr), g in points.groupby(["model", "lr"], sort=True):
         if g["tokens"].nunique() < 3:
@@ -914,9 +960,14 @@ def fit_sweep(df: pd.DataFrame, n_kind: str = "n_active_nonembed", *,
         data_fits[(model, float(lr))] = fit
         if fit.message:
             messages.append(f"{label[model]}, lr={lr:.3g}: {fit.message}")
+    return data_fits
+
+
+def _eq2_on_eq4_predictions(points, data_fits, horizons, window, label, rows, messages) -> dict:
+    """Step 2b: at each horizon not measured for a model, Eq. 2 on Eq. 4's predicted losses adds
+    an optimum row (source "eq4") to `rows`; returns those fits."""
     extrapolated = {}
-    ext = sorted({int(round(float(d))) for d in (extrapolate_tokens or [])})
-    for D_ext in ext:
+    for D_ext in horizons:
         for model in sorted(points["model"].unique()):
             if D_ext in set(points.loc[points["model"] == model, "tokens"].astype(int)):
                 continue  # measured already
@@ -930,40 +981,23 @@ def fit_sweep(df: pd.DataFrame, n_kind: str = "n_active_nonembed", *,
             fit = fit_lr_curve(lrs, losses, window=window, warn=False)
             extrapolated[(model, D_ext)] = fit
             if fit.message:
-                messages.append(f"{label[model]}, D={D_ext:.3g} (Eq. 4 extrapolation): "
-                                f"{fit.message}")
+                messages.append(f"{label[model]}, D={D_ext:.3g} (Eq. 4 extrapolation): {fit.message}")
             N = float(points.loc[points["model"] == model, "N"].iloc[0])
             rows.append(_optimum_row(model, N, D_ext, fit, "eq4", 0))
+    return extrapolated
 
-    optima = pd.DataFrame(rows).sort_values(["N", "D", "source"]).reset_index(drop=True)
-    good = optima["convex"] & np.isfinite(optima["eta_star"].astype(float))
-    optima["used_in_law"] = good & (include_edge | optima["edge"].isna())
-    n_edge = int((good & optima["edge"].notna()).sum())
-    if n_edge and not include_edge:
-        messages.append(f"{n_edge} edge optim{'um' if n_edge == 1 else 'a'} excluded from Eq. 6 "
-                        f"(extend the LR grid as suggested, or pass include_edge=True)")
 
-    # 3. Eq. 6 and 4. its leave-one-size-out error.
-    used = optima[optima["used_in_law"]]
-    law, loso = None, None
+def _law_and_loso(used: pd.DataFrame, n_boot: int, seed: int, messages) -> tuple:
+    """Steps 3 and 4: Eq. 6 on the optima that enter the law, then its leave-one-size-out error."""
     try:
         law = fit_lr_law(used["N"], used["D"], used["eta_star"], n_boot=n_boot, seed=seed)
     except InsufficientDataError as err:
         messages.append(f"Eq. 6 not fitted: {err}")
-    if law is not None:
-        if used["N"].nunique() >= 3:
-            loso = leave_one_size_out(used["N"], used["D"], used["eta_star"])
-        else:
-            messages.append("leave-one-size-out error needs >= 3 model sizes: not computed")
-
-    settings = {"n_kind": n_kind, "extrapolate_tokens": ext, "window": window,
-                "include_edge": include_edge, "n_boot": n_boot, "seed": seed}
-    return SweepFit(n_kind=n_kind, parametrization=parametrization,
-                    data_fingerprints=sorted(df["data_fingerprint"].dropna().astype(str).unique()),
-                    points=points, unusable=unusable, counts=counts, lr_fits=lr_fits,
-                    extrapolated_lr_fits=extrapolated, data_fits=data_fits, optima=optima,
-                    law=law, loso=loso, search_cost=search_cost(df), warnings=messages,
-                    settings=settings)
+        return None, None
+    if used["N"].nunique() < 3:
+        messages.append("leave-one-size-out error needs >= 3 model sizes: not computed")
+        return law, None
+    return law, leave_one_size_out(used["N"], used["D"], used["eta_star"])
 
 
 def fit_all_n_kinds(df: pd.DataFrame, n_kinds=N_KINDS, **kwargs) -> dict[str, SweepFit]:
