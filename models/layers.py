@@ -28,9 +28,39 @@ class RMSNorm(nn.Module):
         self.weight = role_param(torch.ones(d), Role.NORM)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _RMSNorm.apply(x, self.weight, self.eps)
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The reference: x / rms(x) * weight in fp32, differentiated by autograd."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * weight.float()).to(x.dtype)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """rms_norm_reference with its forward operations (identical output) and the closed-form
+    backward, dx = r (g w - x_hat mean(g w x_hat)), dw = sum(g x_hat) with x_hat = x r,
+    r = 1/rms(x): a third fewer passes over (..., d) than autograd's graph of six ops, and
+    only x and r kept for backward (tests/test_model.py checks both against the reference)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps: float):
         xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)  # (..., 1)
+        ctx.save_for_backward(x, r, weight)
+        return (xf * r * weight.float()).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, r, weight = ctx.saved_tensors
+        x_hat = x.float() * r
+        g = g.float()
+        gw = g * weight.float()
+        d_weight = (g * x_hat).reshape(-1, x.shape[-1]).sum(0)
+        dot = (gw * x_hat).mean(-1, keepdim=True)
+        dx = torch.addcmul(gw, x_hat, dot, value=-1).mul_(r)
+        return dx.to(x.dtype), d_weight.to(weight.dtype), None
 
 
 class SwiGLU(nn.Module):

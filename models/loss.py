@@ -45,10 +45,10 @@ def reference_lm_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tens
 
 
 def default_chunk_rows(n: int, d: int, vocab: int) -> int:
-    """Rows per chunk: a chunk's logits about as large as h itself (N*d elements), as
-    Liger-Kernel sizes them, rounded to a power of two, at least 64 rows so each matmul
-    stays efficient (CPU presets, N=2048, d=128, V=4096: 64 rows, 1 MB of logits)."""
-    rows = max(-(-n * d // vocab), 2**21 // vocab)
+    """Rows per chunk, a power of two: the chunk's fp32 logits at least as large as h itself
+    (N*d elements: big matmuls at GPU shapes, as Liger-Kernel sizes them) and at least 2 MB,
+    about a CPU core's L2, where the passes over them stay (CPU presets: 128 rows of 4096)."""
+    rows = max(-(-n * d // vocab), (2 << 20) // (4 * vocab), 1)
     return min(n, 1 << (rows - 1).bit_length())
 
 
