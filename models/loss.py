@@ -6,15 +6,17 @@
                 full logits, their fp32 copy or their gradient (tests/test_model.py)
 
 Why chunked: at N = B*T rows and vocabulary V the reference allocates several (N, V)
-buffers per step (logits, their log-softmax, the gradient of each), 32 MB each for the
-CPU presets and gigabytes at GPU vocabularies (32k-150k). On the CPU each such buffer is
-above glibc's mmap threshold, so it is mapped and page-faulted afresh every step; and the
-passes over it (the multiplier, log-softmax, its backward, the zero-filled one-hot
-gradient) cost as much as the unembedding matmul itself. The chunked kernel computes
-the gradients of h and W in the forward pass, while each chunk's logits are hot in
-cache (as Liger-Kernel's fused linear cross-entropy does, arXiv 2410.10989), and its
-backward only scales them by the incoming gradient: per chunk one matmul for the
-logits, one logsumexp, one in-place exp, and the two gradient matmuls.
+buffers per step (logits, their log-softmax, the gradient of each), 32 MiB each for the
+CPU presets and gigabytes at GPU vocabularies (32k-150k). With glibc's default malloc each
+is mapped and page-faulted afresh every step (33k faults, 15% of a CPU step in the kernel,
+benchmarks/README.md), and their passes (log-softmax, its backward, the zero-filled one-hot
+gradient) stream from memory. The chunked kernel computes the gradients of h and W in the
+forward pass while each chunk's logits are in cache (as Liger-Kernel's fused linear
+cross-entropy does, arXiv 2410.10989); its backward only scales them by the incoming
+gradient. Per chunk: the logits matmul, a row max, one in-place exp, row sums, and the two
+gradient matmuls, with the softmax normalisation, the one-hot and the multiplier applied to
+the (c, d) operands instead of passes over (c, V). The matmuls are the reference's; with the
+allocator tuned (training/hardware.py: tune_allocator) the CPU time of the two is on par.
 
 Shapes: N rows (B*T), d model width, V vocabulary, c rows per chunk.
 """
@@ -56,20 +58,23 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of (h W^T) * mult over chunks of rows; gradients made in forward."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets, mult: float, ignore_index: int, chunk_rows: int, dtype: torch.dtype):
+    def forward(ctx, h, weight, targets, mult: float, ignore_index: int, chunk_rows: int, dtype: torch.dtype,
+                grad_enabled: bool):
         # h (N, d), weight (V, d), targets (N,). Autocast is off in here: `dtype` is what it
         # would have given the matmuls (bf16 or fp32), applied explicitly; softmax in fp32.
+        # Grad mode is always off inside forward, so the caller's comes in `grad_enabled`:
+        # evaluation under no_grad makes no gradients.
         N, d = h.shape
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        need_dh, need_dw = (grad_enabled and ctx.needs_input_grad[i] for i in (0, 1))
+        need_grad = need_dh or need_dw
         with torch.autocast(h.device.type, enabled=False):
             w = weight.to(dtype)                                    # (V, d)
             valid = targets != ignore_index                         # (N,)
             tgt = targets.masked_fill(~valid, 0).unsqueeze(1)       # (N, 1): ignored rows point at class 0
             keep = valid.unsqueeze(1).to(torch.float32)             # (N, 1): 1 counted, 0 ignored
             loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
-            if need_grad:
-                dh = torch.empty(N, d, dtype=torch.float32, device=h.device)
-                dw = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
+            dh = torch.empty(N, d, dtype=torch.float32, device=h.device) if need_dh else None  # every row written
+            dw = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need_dw else None
             for s in range(0, N, chunk_rows):
                 e = min(s + chunk_rows, N)
                 hc = h[s:e].float()                                 # (c, d)
@@ -86,13 +91,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 # row scale r and the one-hot go to the (c, d) operands, never a pass over (c, V).
                 r = keep[s:e] * mult / z                            # (c, 1), 0 on ignored rows
                 pd = p.to(dtype)
-                dh[s:e] = (pd @ w).float() * r - w[tgt[s:e, 0]].float() * (keep[s:e] * mult)
-                hr = (hc * r).to(dtype)
-                if dtype == torch.float32:
-                    dw.addmm_(pd.t(), hr)                           # (V, d), accumulated in place
-                else:
-                    dw += (pd.t() @ hr).float()
-                dw.index_add_(0, tgt[s:e, 0], hc * (-mult * keep[s:e]))
+                if need_dh:
+                    dh[s:e] = (pd @ w).float() * r - w[tgt[s:e, 0]].float() * (keep[s:e] * mult)
+                if need_dw:
+                    hr = (hc * r).to(dtype)
+                    if dtype == torch.float32:
+                        dw.addmm_(pd.t(), hr)                       # (V, d), accumulated in place
+                    else:
+                        dw += (pd.t() @ hr).float()
+                    dw.index_add_(0, tgt[s:e, 0], hc * (-mult * keep[s:e]))
         n_valid = keep.sum()
         if need_grad:
             ctx.save_for_backward(dh, dw, n_valid)
@@ -103,7 +110,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         dh, dw, n_valid = ctx.saved_tensors
         scale = grad_loss / n_valid
-        return (dh * scale).to(ctx.dtypes[0]), (dw * scale).to(ctx.dtypes[1]), None, None, None, None, None
+        return (None if dh is None else (dh * scale).to(ctx.dtypes[0]),
+                None if dw is None else (dw * scale).to(ctx.dtypes[1]), None, None, None, None, None, None)
 
 
 def chunked_lm_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, mult: float,
@@ -113,7 +121,7 @@ def chunked_lm_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
     n, d = h.shape
     rows = chunk_rows or default_chunk_rows(n, d, weight.shape[0])
     return _ChunkedLinearCrossEntropy.apply(h, weight, targets, float(mult), ignore_index, rows,
-                                            _compute_dtype(h))
+                                            _compute_dtype(h), torch.is_grad_enabled())
 
 
 LOSS_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {

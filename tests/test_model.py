@@ -542,6 +542,22 @@ def test_chunked_loss_without_grad_equals_with_grad():
     assert torch.equal(a, b.detach()) and b.requires_grad
 
 
+def test_chunked_loss_makes_no_gradients_under_no_grad():
+    """Evaluation (no_grad, parameters that require grad) runs the logits matmuls only."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lrscale.models.loss import chunked_lm_loss
+    N, d, V = 64, 16, 48
+    h, w = torch.randn(N, d), torch.randn(V, d, requires_grad=True)
+    t = torch.randint(0, V, (N,))
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        loss = chunked_lm_loss(h, w, t, 1.0, chunk_rows=16)
+    assert fc.get_total_flops() == 2 * N * d * V and not loss.requires_grad
+    with FlopCounterMode(display=False) as fc:  # training (the in-place addmm_ is not counted)
+        chunked_lm_loss(h.requires_grad_(), w, t, 1.0, chunk_rows=16)
+    assert fc.get_total_flops() > 2 * N * d * V
+
+
 def test_default_chunk_rows():
     from lrscale.models.loss import default_chunk_rows
     assert default_chunk_rows(2048, 128, 4096) == 128           # CPU presets: 2 MB of fp32 logits
