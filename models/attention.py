@@ -103,9 +103,8 @@ class Attention(nn.Module):
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Projected, rotated q (B, nh, T, hs) and k, v (B, nkv, T, hs); probes reuse this."""
         B, T, _ = x.shape
-        qkv = self.wqkv(x).view(B, T, self.n_heads + 2 * self.n_kv, self.d_head).transpose(1, 2)
-        q, k, v = qkv.split([self.n_heads, self.n_kv, self.n_kv], dim=1)
-        return self.rotary(q), self.rotary(k), v
+        qkv = self.wqkv(x).view(B, T, self.n_heads + 2 * self.n_kv, self.d_head)
+        return self.rotary.split_heads(qkv, self.n_heads, self.n_kv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape

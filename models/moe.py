@@ -15,7 +15,7 @@ from lrscale.parametrization import Parametrization, Role, role_param
 
 from .backends import require_package
 from .config import ModelConfig
-from .layers import SwiGLU
+from .layers import SwiGLU, silu_gate
 
 
 # ---- expert kernels ------------------------------------------------------------------
@@ -94,23 +94,25 @@ def grouped_mm_experts(x: torch.Tensor, counts: torch.Tensor, w_in: torch.Tensor
                        align: int | None = None) -> torch.Tensor:
     """All experts in two grouped GEMMs (no per-expert Python loop, no host sync).
 
-    Rows are scattered into a zero-padded buffer whose groups start 16-byte aligned
+    On CUDA, rows are scattered into a zero-padded buffer whose groups start 16-byte aligned
     (`align` rows; default 16 bytes of the GEMM dtype: 8 rows in bf16); padding rows are
-    zero in, zero out and add nothing to the weight gradients. `align=1` skips padding.
+    zero in, zero out and add nothing to the weight gradients. `align=1` skips padding,
+    the default on the CPU, whose grouped GEMM (a GEMM per group) needs no alignment:
+    there the scatter and gather would be two passes over the routed rows for nothing.
     """
     gmm = grouped_mm_fn()
     dt = _gemm_dtype(x)
     x = x.to(dt)
     n, d = x.shape
-    align = align or GROUP_ALIGN_BYTES * 8 // torch.finfo(dt).bits
+    if align is None:
+        align = GROUP_ALIGN_BYTES * 8 // torch.finfo(dt).bits if x.is_cuda else 1
     if align > 1:
         dest, offs, n_pad = padded_group_layout(counts, n, align)
         x = x.new_zeros(n_pad, d).index_copy(0, dest, x)  # (n_pad, d)
     else:
         offs = counts.cumsum(0).to(torch.int32)
     h = _ContiguousGrad.apply(gmm(x.contiguous(), w_in.to(dt), offs=offs))  # (n_pad, 2*de)
-    gate, up = h.chunk(2, dim=-1)
-    a = (F.silu(gate) * up).contiguous()
+    a = silu_gate(h)  # silu(gate) * up, (n_pad, de)
     y = _ContiguousGrad.apply(gmm(a, w_out.to(dt), offs=offs))  # (n_pad, d)
     return y.index_select(0, dest) if align > 1 else y
 
@@ -204,7 +206,9 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> Routing:
         # fp32 even inside a bf16 autocast region (autocast would run this matmul in bf16).
         with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = F.linear(x.float(), self.weight.float()) * self.mult  # (n, E)
+            logits = F.linear(x.float(), self.weight.float())  # (n, E)
+            if self.mult != 1.0:  # x * 1.0 == x: no pass for nothing
+                logits = logits * self.mult
         probs = logits.softmax(dim=-1)
         scores = probs + self.bias if self.aux_free else probs
         _, idx = scores.topk(self.top_k, dim=-1)

@@ -5,8 +5,6 @@ Shapes: B batch, T sequence, d model width, V vocabulary.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,14 +14,39 @@ from lrscale.parametrization import Parametrization, Role, role_param
 from .attention import Attention
 from .config import ModelConfig
 from .layers import Linear, RMSNorm, SwiGLU
+from .loss import get_loss_backend
 from .moe import MoE
 
 
-@dataclass
 class ModelOutput:
-    logits: torch.Tensor          # (B, T, V)
-    loss: torch.Tensor | None     # language-model cross-entropy, fp32
-    aux_loss: torch.Tensor        # weighted MoE auxiliary losses (0 for dense)
+    """loss: language-model cross-entropy, fp32 (None without targets); aux_loss: weighted
+    MoE auxiliary losses (0 for dense); logits (B, T, V).
+
+    With targets, the chunked loss never makes the full logits; `logits` then computes them
+    on first read from the final hidden state, under the forward's autocast and grad mode,
+    so they equal what the forward would have made. Read them before the weights change:
+    a later read raises instead of returning logits of other weights.
+    """
+
+    def __init__(self, loss: torch.Tensor | None, aux_loss: torch.Tensor, logits: torch.Tensor | None = None,
+                 make_logits=None, weight: torch.Tensor | None = None):
+        self.loss, self.aux_loss = loss, aux_loss
+        self._logits, self._make_logits = logits, make_logits
+        self._weight, self._version = weight, weight._version if weight is not None else None
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self._logits is None:
+            if self._weight._version != self._version:
+                raise RuntimeError("ModelOutput.logits read after the unembedding weight changed (an optimizer "
+                                   "step?): read them before, or call the model without targets for logits")
+            self._logits = self._make_logits()
+        return self._logits
+
+
+def _scaled(x: torch.Tensor, mult: float) -> torch.Tensor:
+    """x * mult, without the extra pass (and its backward) when mult is exactly 1 (x * 1.0 == x)."""
+    return x if mult == 1.0 else x * mult
 
 
 class Block(nn.Module):
@@ -41,18 +64,18 @@ class Block(nn.Module):
         self.branch_mult = param.residual_mult
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x + self.branch_mult * self.attn(self.attn_norm(x))
+        x = x + _scaled(self.attn(self.attn_norm(x)), self.branch_mult)
         h = self.mlp_norm(x)
         if self.moe is not None:
             y, aux = self.moe(h)
         else:
             y, aux = self.mlp(h), x.new_zeros((), dtype=torch.float32)
-        return x + self.branch_mult * y, aux
+        return x + _scaled(y, self.branch_mult), aux
 
 
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig, param: Parametrization, attn_backend: str = "eager",
-                 expert_backend: str = "loop"):
+                 expert_backend: str = "loop", loss_backend: str = "chunked"):
         super().__init__()
         self.cfg = cfg
         self.embed = role_param(torch.empty(cfg.vocab_size, cfg.d_model), Role.EMBEDDING)
@@ -62,18 +85,27 @@ class Transformer(nn.Module):
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.unembed = Linear(cfg.d_model, cfg.vocab_size, Role.UNEMBEDDING)
         self.input_mult, self.output_mult = param.input_mult, param.output_mult
+        # The loss kernel (models/loss.py): "chunked" runs everywhere and equals the
+        # "reference" (tests/test_model.py), so it is the default, unlike attention/experts.
+        self.loss_backend = loss_backend
+        self.lm_loss = get_loss_backend(loss_backend)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) of the final normalised hidden state h (B, T, d)."""
+        return _scaled(self.unembed(h), self.output_mult)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
-        x = F.embedding(idx, self.embed) * self.input_mult  # (B, T, d)
+        x = _scaled(F.embedding(idx, self.embed), self.input_mult)  # (B, T, d)
         aux = x.new_zeros((), dtype=torch.float32)
         for block in self.blocks:
             x, a = block(x)
             aux = aux + a
-        logits = self.unembed(self.final_norm(x)) * self.output_mult  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
-        return ModelOutput(logits, loss, aux)
+        h = self.final_norm(x)
+        if targets is None:
+            return ModelOutput(None, aux, logits=self.logits(h))
+        d = h.shape[-1]
+        loss = self.lm_loss(h.reshape(-1, d), self.unembed.weight, targets.reshape(-1), self.output_mult)
+        return ModelOutput(loss, aux, make_logits=_replay(self.logits, h), weight=self.unembed.weight)
 
     def moe_layers(self) -> list[MoE]:
         return [b.moe for b in self.blocks if b.moe is not None]
@@ -81,3 +113,15 @@ class Transformer(nn.Module):
     def update_router_biases(self) -> None:
         for moe in self.moe_layers():
             moe.update_router_bias()
+
+
+def _replay(fn, *args):
+    """fn(*args) later, under the autocast and grad mode in force now."""
+    device_type = args[0].device.type
+    amp = torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    grad = torch.is_grad_enabled()
+
+    def call():
+        with torch.autocast(device_type, dtype=amp[1], enabled=amp[0]), torch.set_grad_enabled(grad):
+            return fn(*args)
+    return call

@@ -238,24 +238,62 @@ def test_compiled_blocks_match_eager_cpu(moe):
 
 # ---- the benchmark's plumbing -----------------------------------------------------------
 
-def test_throughput_benchmark_tiny_writes_json(tmp_path, capsys):
+def test_throughput_cpu_suite_tiny_writes_interleaved_json(tmp_path, capsys):
+    """The CPU suite's plumbing on tiny shapes (its numbers mean nothing at this size): one
+    process, every case in every round, rates from thread CPU time, per-round ratios, and
+    the verdicts are explicit (ok or invalid with a reason), never a silent number."""
     out = tmp_path / "bench.json"
-    assert throughput.main(["--tiny", "--suite", "cpu", "--no-isolate", "--steps", "1", "--warmup", "0",
-                            "--out", str(out)]) == 0
+    assert throughput.main(["--tiny", "--suite", "cpu", "--allocator", "default", "--rounds", "2", "--steps", "1",
+                            "--warmup", "0", "--references", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
-    rows = {r["name"]: r for r in data["results"]}
-    assert {"dense_tiny/sdpa", "dense_tiny/eager", "moe_tiny/sdpa+grouped_mm", "moe_tiny/eager+loop"} <= set(rows)
-    for r in rows.values():
-        if r["impl"] == "ours":
-            assert r["status"] == "ok", r
-            assert r["tokens_per_s"] > 0 and 0 < r["mfu"] and r["peak_mem_bytes"] > 0
-            assert r["flops_per_token"] == pytest.approx(r["achieved_tflops"] * 1e12 / r["tokens_per_s"])
-        elif not has("transformers"):
+    assert data["meta"]["threads"] == 1 and data["meta"]["rounds"] == 2
+    phase = data["phases"]["default"]
+    assert not phase["allocator"]["applied"]
+    assert len(phase["peak"]["per_round"]) == 2 and phase["peak"]["median"] > 0
+    rows = {r["name"]: r for r in phase["cases"]}
+    ours = {"dense_tiny/sdpa", "dense_tiny/eager+reference_loss", "moe_tiny/sdpa+grouped_mm",
+            "moe_tiny/eager+loop+reference_loss"}
+    assert ours | {"dense_tiny/nanogpt"} <= set(rows)
+    for name, r in rows.items():
+        if r["impl"] == "transformers" and not has("transformers"):
             assert r["status"] == "skipped" and "transformers not installed" in r["error"]
-        else:
-            assert r["status"] == "ok" and r["param_match"], r
-    assert data["meta"]["peak"]["peak_source"].startswith("measured fp32 matmul")
-    assert "MFU against" in capsys.readouterr().out
+            continue
+        assert r["status"] in ("ok", "invalid"), r
+        assert (r["status"] == "invalid") == bool(r["reason"])
+        rate = r["tokens_per_cpu_s"]
+        assert len(rate["per_round"]) == 2 and rate["min"] <= rate["median"] <= rate["max"]
+        assert rate["spread"] == pytest.approx((rate["max"] - rate["min"]) / rate["median"])
+        assert r["faults_per_step"] >= 0 and 0 <= r["sys_fraction"] <= 1 and r["mfu"]["median"] > 0
+    assert rows["moe_tiny/transformers/sdpa"].get("experts_implementation", "grouped_mm") == "grouped_mm"
+    if has("transformers"):
+        assert rows["moe_tiny/transformers/sdpa"]["grouped_mm_calls_per_step"] > 0  # its fast path ran
+    pairs = {(e["ours"], e["other"]): e for e in phase["ratios"]}
+    e = pairs[("dense_tiny/sdpa", "dense_tiny/nanogpt")]
+    a, b = rows["dense_tiny/sdpa"], rows["dense_tiny/nanogpt"]
+    per_round = [x / y for x, y in zip(a["tokens_per_cpu_s"]["per_round"], b["tokens_per_cpu_s"]["per_round"])]
+    assert e["cpu_time"]["per_round"] == pytest.approx(per_round)
+    assert e["peer"] and e["target"]["status"] in ("met", "missed", "invalid")
+    assert not pairs[("dense_tiny/sdpa", "dense_tiny/eager+reference_loss")]["peer"]
+    printed = capsys.readouterr().out
+    assert "tokens/CPU-s" in printed and "load average" in printed
+
+
+def test_throughput_cpu_suite_marks_spread_and_impossible_mfu_invalid():
+    """A case whose rounds disagree beyond the limit, or whose MFU exceeds 100%, is INVALID."""
+    case = throughput.shrink(throughput.cpu_cases()[0], "cpu", False)
+    cfg = throughput._model_config(case)
+    tokens = case.batch_size * cfg.seq_len
+    flops = cfg.flops_per_token() * tokens
+    steady = {"cpu_s": [1.0, 1.02, 0.99], "wall_s": [1.0] * 3, "user_s": [1.0] * 3, "sys_s": [0.0] * 3,
+              "faults": [0] * 3}
+    peaks = [2 * flops / 1e12] * 3  # the peak is twice the achieved rate: MFU 50%
+    res = throughput.summarize_phase([case], {case.name: {}}, {case.name: steady}, peaks, 1, 0.10)
+    assert res["cases"][0]["status"] == "ok" and res["cases"][0]["mfu"]["median"] == pytest.approx(0.5, rel=0.05)
+    jumpy = {**steady, "cpu_s": [1.0, 1.3, 1.0]}
+    res = throughput.summarize_phase([case], {case.name: {}}, {case.name: jumpy}, peaks, 1, 0.10)
+    assert res["cases"][0]["status"] == "invalid" and "spread" in res["cases"][0]["reason"]
+    res = throughput.summarize_phase([case], {case.name: {}}, {case.name: steady}, [p / 4 for p in peaks], 1, 0.10)
+    assert res["cases"][0]["status"] == "invalid" and "MFU" in res["cases"][0]["reason"]
 
 
 def test_throughput_gpu_suite_plumbing_on_cpu_skips_what_needs_cuda(tmp_path):

@@ -302,5 +302,8 @@ def test_fsdp2_optimizer_keeps_group_multipliers_and_steps_like_one_process(tmp_
     got = torch.load(out)
     assert got["groups"] == [(g["lr_mult"], g["names"]) for g in opt.param_groups]
     assert {lr for lr, _ in got["groups"]} == {0.5, 2 / 3, 1.0}
+    # Adam's first step is lr * g / (|g| + eps): entries whose |g| is near eps (1e-8 x the muP multiplier) turn
+    # the 1e-7 relative rounding of a different reduction order into ~1e-6 of the weight, so
+    # the bound is 1e-3 of the largest step (lr = 1e-2), not the weights' own rounding.
     for name, p in model.named_parameters():
-        torch.testing.assert_close(got["params"][name], p.detach(), rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(got["params"][name], p.detach(), rtol=1e-5, atol=1e-5, msg=name)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,3 +160,33 @@ def test_cuda_peak_states_nominal_and_measures_bf16():
     if nominal_peak_tflops(torch.cuda.get_device_name(dev)):
         assert p["peak_source"].startswith("nominal") and p["peak_tflops"] == p["nominal_tflops"]
         assert p["measured_tflops"] < 1.1 * p["nominal_tflops"]  # a measurement above the datasheet is wrong
+
+
+# ---- the CPU allocator ------------------------------------------------------------------------
+
+_FAULTS_SCRIPT = """
+import json, sys, torch
+from lrscale.training.hardware import minor_page_faults, tune_allocator
+def faults_of_reuse():  # a 48 MiB tensor made and freed twice: are its pages faulted in again?
+    torch.empty(12 << 20).fill_(1.0)
+    f0 = minor_page_faults()
+    torch.empty(12 << 20).fill_(1.0)
+    return minor_page_faults() - f0
+before = faults_of_reuse()
+state = tune_allocator()
+faults_of_reuse()
+print(json.dumps({"before": before, "after": faults_of_reuse(), "state": state, "again": tune_allocator() is state}))
+"""
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
+                    reason="mallopt thresholds are glibc's")
+def test_tune_allocator_stops_large_tensors_faulting_each_time():
+    """In a fresh process (the setting is process-wide and cannot be undone): with glibc's
+    defaults a large tensor is mapped and faulted in afresh each time; after tune_allocator()
+    the heap keeps its pages and a second one of the same size costs no fault."""
+    out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["state"]["applied"] and res["again"]
+    assert res["before"] > 10_000            # 48 MiB = 12k pages of 4 KiB, each faulted in again
+    assert res["after"] < 100

@@ -471,3 +471,211 @@ def test_grouped_mm_misaligned_sizes_rejected(d_model, d_expert, field):
     with pytest.raises(ValueError, match="loop"):
         build(cfg, experts="grouped_mm")
     build(cfg, experts="loop")  # the reference accepts any size
+
+
+# ---- fast paths of the training step against their references (issue #13) -----------------
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def _loss_and_grads(fn, h, w, t, mult, ctx=None):
+    h, w = h.clone().requires_grad_(), w.clone().requires_grad_()
+    with ctx if ctx is not None else torch.autocast("cpu", enabled=False):
+        loss = fn(h, w, t, mult)
+    loss.backward()
+    return loss.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("mult", [1.0, 0.3])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_chunked_loss_matches_reference_fp32(mult, ignore):
+    """Loss and both gradients of the chunked kernel against the reference (and both against
+    fp64), over several chunks with a ragged last one, with ignored targets and a multiplier."""
+    from lrscale.models.loss import IGNORE_INDEX, chunked_lm_loss, reference_lm_loss
+    g = torch.Generator().manual_seed(0)
+    N, d, V = 150, 32, 97
+    h, w = torch.randn(N, d, generator=g), torch.randn(V, d, generator=g) * 0.3
+    t = torch.randint(0, V, (N,), generator=g)
+    if ignore:
+        t[::7] = IGNORE_INDEX
+    ref = _loss_and_grads(reference_lm_loss, h, w, t, mult)
+    exact = _loss_and_grads(reference_lm_loss, h.double(), w.double(), t, mult)
+    for rows in (None, 1, 64, N):  # default, one row, ragged chunks, one chunk
+        out = _loss_and_grads(lambda *a: chunked_lm_loss(*a, chunk_rows=rows), h, w, t, mult)
+        for a, b, e in zip(out, ref, exact):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert _rel(a, b) < 1e-6
+            assert _rel(a, e) <= 2 * _rel(b, e) + 3e-7  # no less exact than the reference (+ 2 ulp)
+    if ignore:  # an ignored row contributes nothing, to the loss or to its own gradient
+        assert (out[1][::7] == 0).all()
+
+
+@pytest.mark.parametrize("mult", [1.0, 0.3])
+def test_chunked_loss_bf16_autocast_within_bf16_of_fp64(mult):
+    """Under bf16 autocast both kernels round the logits and their gradient to bf16 (the
+    matmul's dtype) and do the softmax in fp32; both land as close to fp64 as bf16 allows."""
+    from lrscale.models.loss import chunked_lm_loss, reference_lm_loss
+    g = torch.Generator().manual_seed(1)
+    N, d, V = 96, 32, 80
+    h, w = torch.randn(N, d, generator=g), torch.randn(V, d, generator=g) * 0.3
+    t = torch.randint(0, V, (N,), generator=g)
+    exact = _loss_and_grads(reference_lm_loss, h.double(), w.double(), t, mult)
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    ref = _loss_and_grads(reference_lm_loss, h, w, t, mult, bf16)
+    out = _loss_and_grads(lambda *a: chunked_lm_loss(*a, chunk_rows=32), h, w, t, mult, bf16)
+    assert out[0].dtype == torch.float32 and out[1].dtype == out[2].dtype == torch.float32
+    assert _rel(out[0], exact[0]) < 1e-3 and _rel(ref[0], exact[0]) < 1e-3
+    for a, b, e in zip(out[1:], ref[1:], exact[1:]):
+        assert 1e-4 < _rel(a, e) < 1e-2  # really computed in bf16, and no worse than bf16
+        assert _rel(a, e) <= 1.5 * _rel(b, e)
+
+
+def test_chunked_loss_without_grad_equals_with_grad():
+    from lrscale.models.loss import chunked_lm_loss
+    g = torch.Generator().manual_seed(2)
+    h, w = torch.randn(40, 16, generator=g), torch.randn(30, 16, generator=g)
+    t = torch.randint(0, 30, (40,), generator=g)
+    with torch.no_grad():
+        a = chunked_lm_loss(h, w, t, 0.5, chunk_rows=16)
+    b = chunked_lm_loss(h.requires_grad_(), w, t, 0.5, chunk_rows=16)
+    assert torch.equal(a, b.detach()) and b.requires_grad
+
+
+def test_chunked_loss_makes_no_gradients_under_no_grad():
+    """Evaluation (no_grad, parameters that require grad) runs the logits matmuls only."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lrscale.models.loss import chunked_lm_loss
+    N, d, V = 64, 16, 48
+    h, w = torch.randn(N, d), torch.randn(V, d, requires_grad=True)
+    t = torch.randint(0, V, (N,))
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        loss = chunked_lm_loss(h, w, t, 1.0, chunk_rows=16)
+    assert fc.get_total_flops() == 2 * N * d * V and not loss.requires_grad
+    with FlopCounterMode(display=False) as fc:  # training (the in-place addmm_ is not counted)
+        chunked_lm_loss(h.requires_grad_(), w, t, 1.0, chunk_rows=16)
+    assert fc.get_total_flops() > 2 * N * d * V
+
+
+def test_default_chunk_rows():
+    from lrscale.models.loss import default_chunk_rows
+    assert default_chunk_rows(2048, 128, 4096) == 128           # CPU presets: 2 MB of fp32 logits
+    assert default_chunk_rows(32768, 2048, 32000) == 4096       # GPU: logits chunk >= h itself
+    assert default_chunk_rows(10, 32, 64) == 10                 # never more rows than there are
+    assert bin(default_chunk_rows(1000, 64, 50000)).count("1") == 1
+
+
+@pytest.mark.parametrize("cfg_name", ["dense", "moe", "gqa_moe"])
+@pytest.mark.parametrize("pname", ["sp", "mup"])
+def test_model_chunked_loss_matches_reference_loss(cfg_name, pname):
+    """Whole model, fp32: the default (chunked) loss against the reference loss backend, every
+    parameter's gradient; logits read from the output equal the reference's."""
+    cfg = COUNT_CONFIGS[cfg_name]
+    kw = dict(name="mup", base_d_model=16) if pname == "mup" else {}
+    idx, y = tokens(cfg), tokens(cfg, seed=2)
+    res = []
+    for loss_backend in ("reference", "chunked"):
+        param = build_parametrization(ParametrizationConfig(**kw), cfg)
+        model = Transformer(cfg, param, "eager", "loop", loss_backend)
+        init_weights(model, param, 0)
+        out = model(idx, y)
+        (out.loss + out.aux_loss).backward()
+        res.append((out.loss.detach(), out.logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    assert pname == "sp" or model.output_mult != 1.0
+    assert _rel(res[1][0], res[0][0]) < 1e-6
+    assert torch.equal(res[1][1], res[0][1])
+    for n in res[0][2]:
+        assert _rel(res[1][2][n], res[0][2][n]) < 1e-5, n
+
+
+def test_lazy_logits_follow_forward_autocast_and_refuse_changed_weights():
+    cfg = COUNT_CONFIGS["dense"]
+    model, idx = build(cfg), tokens(cfg)
+    with torch.no_grad():
+        plain = model(idx).logits                           # no targets: logits made eagerly
+    out = model(idx, idx)
+    assert torch.equal(out.logits, plain) and out.logits.requires_grad
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(idx, idx)
+    assert out.logits.dtype == torch.bfloat16               # replayed under the forward's autocast
+    with torch.no_grad():
+        out = model(idx, idx)
+        model.unembed.weight.add_(1.0)                      # an optimizer step, say
+    with pytest.raises(RuntimeError, match="weight changed"):
+        out.logits
+
+
+def test_unit_multipliers_cost_no_pass_and_change_nothing():
+    from lrscale.models.transformer import _scaled
+    x = torch.randn(4, 8)
+    assert _scaled(x, 1.0) is x and torch.equal(x * 1.0, x)
+    assert torch.equal(_scaled(x, 0.5), x * 0.5)
+
+
+@pytest.mark.parametrize("n_q, n_kv, dtype", [(4, 4, torch.float32), (4, 2, torch.float32), (4, 1, torch.bfloat16)])
+def test_rotary_split_heads_is_the_reference_bit_for_bit(n_q, n_kv, dtype):
+    """The fused split + rotation of q and k, forward and backward, against splitting the
+    projection and calling the reference Rotary.forward on q and k."""
+    from lrscale.models.layers import Rotary
+    B, T, hs = 2, 12, 8
+    rot = Rotary(hs, 16, 10000.0)
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(B, T, (n_q + 2 * n_kv) * hs, generator=g).to(dtype)
+    grads = [torch.randn(B, n, T, hs, generator=g).to(dtype) for n in (n_q, n_kv, n_kv)]
+    res = []
+    for fast in (False, True):
+        x = base.clone().requires_grad_()
+        qkv = x.view(B, T, n_q + 2 * n_kv, hs)
+        if fast:
+            q, k, v = rot.split_heads(qkv, n_q, n_kv)
+        else:
+            q, k, v = qkv.transpose(1, 2).split([n_q, n_kv, n_kv], dim=1)
+            q, k = rot(q), rot(k)
+        torch.autograd.backward([q, k, v], grads)
+        res.append((q.detach(), k.detach(), v.detach(), x.grad))
+    for a, b in zip(*res):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_gate_is_the_reference_bit_for_bit(dtype):
+    from lrscale.models.layers import silu_gate, swiglu_reference
+    g = torch.Generator().manual_seed(0)
+    base, dy = torch.randn(3, 5, 16, generator=g).to(dtype), torch.randn(3, 5, 8, generator=g).to(dtype)
+    res = []
+    for fn in (swiglu_reference, silu_gate):
+        h = base.clone().requires_grad_()
+        y = fn(h)
+        y.backward(dy)
+        res.append((y.detach(), h.grad))
+    assert torch.equal(res[1][0], res[0][0]) and torch.equal(res[1][1], res[0][1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_closed_form_backward_matches_reference(dtype):
+    """Forward identical to the reference; gradients within fp32 rounding of autograd's."""
+    from lrscale.models.layers import RMSNorm, rms_norm_reference
+    norm = RMSNorm(32, 1e-5)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(32, generator=g) + 0.5)
+    base, dy = torch.randn(3, 7, 32, generator=g).to(dtype), torch.randn(3, 7, 32, generator=g).to(dtype)
+    res = []
+    for fn in (lambda x: rms_norm_reference(x, norm.weight, norm.eps), norm):
+        x = base.clone().requires_grad_()
+        norm.weight.grad = None
+        y = fn(x)
+        y.backward(dy)
+        res.append((y.detach(), x.grad, norm.weight.grad))
+    assert res[1][0].dtype == dtype and torch.equal(res[1][0], res[0][0])
+    assert _rel(res[1][1], res[0][1]) < 1e-6 and _rel(res[1][2], res[0][2]) < 1e-6
+
+
+def test_grouped_mm_on_cpu_runs_unpadded_by_default():
+    """No alignment padding on the CPU (its grouped GEMM needs none): same bits as align=1."""
+    g = torch.Generator().manual_seed(0)
+    counts = torch.tensor([5, 0, 9, 2])
+    x, w_in = torch.randn(16, 16, generator=g), torch.randn(4, 16, 16, generator=g)
+    w_out = torch.randn(4, 8, 16, generator=g)
+    assert torch.equal(grouped_mm_experts(x, counts, w_in, w_out), grouped_mm_experts(x, counts, w_in, w_out, align=1))
