@@ -130,6 +130,7 @@ def check_kernels(hw: HardwareConfig, model: ModelConfig, device: torch.device) 
 def setup_torch(hw: HardwareConfig, model: ModelConfig | None = None) -> torch.device:
     """Given the model config, check its kernels against this device and dtype; set threads and TF32.
     (The names were validated with the config, training/config.py HardwareConfig.)"""
+    tune_allocator()  # before the corpus and the model allocate anything (glibc only; see tune_allocator)
     resolve_expert_backend(hw)
     device = resolve_device(hw)
     if model is not None:
