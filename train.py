@@ -32,7 +32,7 @@ from lrscale.training.config import Config, register_configs, to_object
 from lrscale.training.errors import one_line_errors
 from lrscale.training.hardware import apply_hardware, mfu, peak_flops, setup_torch
 from lrscale.training.io import read_jsonl, write_json
-from lrscale.training.loop import StepContext, TrainState, diverged, evaluate, moe_stats, train_step
+from lrscale.training.loop import StepContext, TrainState, divergence_flag, evaluate, moe_stats, train_step
 from lrscale.training.metrics import MetricsLogger, progress
 from lrscale.training.probes import run_probes, snapshot_weights, summarize_probes
 from lrscale.training.results_table import record_rows
@@ -140,10 +140,15 @@ def build(cfg: Config, dcfg: DictConfig, world: distributed.World, ident: RunIde
 
 def train(job: Job, stop: interrupt.StopRequest) -> None:
     """The loop: decay branches due at this step, one optimizer step, then logging, probes,
-    evaluation and checkpoints at their intervals. Stops on divergence or a signal."""
+    evaluation and checkpoints at their intervals. Stops on divergence or a signal.
+
+    The step's losses stay on the device; they are read (one host sync) when the loop logs,
+    evaluates or checkpoints, which is also when divergence is acted on (a flag the device
+    keeps): a diverged run stops within `logging.log_every` steps of the first bad loss."""
     cfg, state, ctx, world = job.cfg, job.state, job.ctx, job.world
     bar = progress(cfg.train.steps, state.step, cfg.logging.progress and world.is_main)
     t_start, wall0 = time.perf_counter(), state.wall_time_s
+    t_log, steps_since_log, bad = t_start, 0, None
     for step in range(state.step, cfg.train.steps):
         if stop.requested(world) or not job.branches.run_due(  # every rank agrees (an all-reduce under torchrun)
                 step, ctx, job.loader, job.val, state, cfg.train.divergence_factor,
@@ -152,31 +157,37 @@ def train(job: Job, stop: interrupt.StopRequest) -> None:
             break
         probe_now = cfg.train.probe_every and (step + 1) % cfg.train.probe_every == 0
         weights0 = snapshot_weights(job.core) if probe_now else None  # probe/update_rel: W before this step
-        t0 = time.perf_counter()
         x, y = job.loader.batch(step)
         m = train_step(ctx, x, y, step)
         state.advance(m["loss"], job.tokens_per_step)
-        if diverged(m["loss"], state, cfg.train.divergence_factor):
-            state.status = "diverged"
-            say(world, f"diverged at step {step}: loss {m['loss']:.4g}")
-            break
-        tokens_per_s = job.tokens_per_step / (time.perf_counter() - t0)
-        if state.step % cfg.logging.log_every == 0 or state.step == cfg.train.steps:
-            job.logger.log({"step": state.step, "tokens": state.tokens, "train_loss": m["loss"],
-                            "aux_loss": m["aux_loss"], "lr": ctx.optimizer.defaults["lr"] * m["lr_factor"],
-                            "grad_norm": m["grad_norm"], "tokens_per_s": tokens_per_s,
+        flag = divergence_flag(m["loss"], state.initial_loss, cfg.train.divergence_factor)
+        bad, steps_since_log = flag if bad is None else bad | flag, steps_since_log + 1
+        eval_now = state.step % cfg.train.eval_every == 0 or state.step == cfg.train.steps
+        ckpt_now = cfg.train.ckpt_every and state.step % cfg.train.ckpt_every == 0 and state.step < cfg.train.steps
+        if state.step % cfg.logging.log_every == 0 or state.step == cfg.train.steps or eval_now or ckpt_now:
+            if bool(bad):  # the host reads the device here, and only here
+                state.status = "diverged"
+                say(world, f"diverged by step {state.step}: loss {float(m['loss']):.4g}")
+                break
+            now = time.perf_counter()
+            tokens_per_s = steps_since_log * job.tokens_per_step / (now - t_log)
+            t_log, steps_since_log = now, 0
+            job.logger.log({"step": state.step, "tokens": state.tokens, "train_loss": float(m["loss"]),
+                            "aux_loss": float(m["aux_loss"]), "lr": ctx.optimizer.defaults["lr"] * m["lr_factor"],
+                            "grad_norm": float(m["grad_norm"]), "tokens_per_s": tokens_per_s,
                             **mfu(tokens_per_s, cfg.model.flops_per_token(), job.peak_tflops, world.size),
-                            **moe_stats(job.core)})
+                            **moe_stats(m["moe_stats"])})
+            bar.set_postfix(loss=f"{float(m['loss']):.3f}", val=f"{state.last_val_loss or math.nan:.3f}",
+                            tok_s=f"{tokens_per_s:.0f}")
         if probe_now:
             with distributed.unsharded(job.core):  # probes read weights directly
                 job.logger.log({"step": state.step, **run_probes(job.core, x, ctx, weights0)})
-        if state.step % cfg.train.eval_every == 0 or state.step == cfg.train.steps:
+        if eval_now:
             state.record_eval(evaluate(ctx.model, job.val, ctx.device, ctx.autocast))
             job.logger.log({"step": state.step, "tokens": state.tokens, "val_loss": state.last_val_loss})
         bar.update(1)
-        bar.set_postfix(loss=f"{m['loss']:.3f}", val=f"{state.last_val_loss or math.nan:.3f}", tok_s=f"{tokens_per_s:.0f}")
         state.wall_time_s = wall0 + time.perf_counter() - t_start
-        if cfg.train.ckpt_every and state.step % cfg.train.ckpt_every == 0 and state.step < cfg.train.steps:
+        if ckpt_now:
             save_checkpoint(job.ident.dir, job.core, ctx.optimizer, job.loader, state, world)  # collective
             job.saved_at = state.step
     bar.close()

@@ -511,7 +511,7 @@ def measure(case: Case, steps: int, warmup: int) -> dict:
     """Build, warm up, time `steps` training steps; a row of numbers (or a skip/failure)."""
     import torch
 
-    from lrscale.models.backends import BackendUnavailableError
+    from lrscale.models import BackendUnavailableError
 
     try:
         cfg = _model_config(case)

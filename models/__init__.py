@@ -1,11 +1,13 @@
-"""Dense and MoE transformers. No device, compile or distributed logic lives here."""
-from .attention import ATTENTION_BACKENDS, eager_attention, get_attention_backend, sdpa_attention
+"""Dense and MoE transformers. No device, compile or distributed logic lives here: each kernel's
+record (models/kernels.py) says what it runs on, and training/hardware.py decides."""
+from .attention import ATTENTION_KERNELS, eager_attention, sdpa_attention
 from .config import ModelConfig, MoEConfig
-from .moe import EXPERT_BACKENDS, MoE, Router, get_expert_backend, grouped_mm_experts, loop_experts
+from .kernels import BackendUnavailableError, Kernel, lookup
+from .moe import EXPERT_KERNELS, MoE, Router, grouped_mm_experts, loop_experts
 from .transformer import Block, ModelOutput, Transformer
 
 __all__ = [
-    "ATTENTION_BACKENDS", "EXPERT_BACKENDS", "Block", "ModelConfig", "ModelOutput", "MoE", "MoEConfig",
-    "Router", "Transformer", "eager_attention", "get_attention_backend", "get_expert_backend",
-    "grouped_mm_experts", "loop_experts", "sdpa_attention",
+    "ATTENTION_KERNELS", "EXPERT_KERNELS", "BackendUnavailableError", "Block", "Kernel", "ModelConfig",
+    "ModelOutput", "MoE", "MoEConfig", "Router", "Transformer", "eager_attention", "grouped_mm_experts", "lookup",
+    "loop_experts", "sdpa_attention",
 ]

@@ -2,8 +2,8 @@
 
 `eager` is the plain PyTorch reference; every other backend must match it forward and
 backward (tests/test_model.py, tests/test_backends.py). The softmax scale always comes
-from the parametrization. Which backends a device and dtype can run is decided outside
-this file, before building (training/hardware.py: check_kernels).
+from the parametrization. Each kernel's record (`ATTENTION_KERNELS`, models/kernels.py)
+says what it runs on; training/hardware.py checks that against the device before building.
 
     eager       fp32 softmax(q k^T * scale) v with an explicit causal mask (reference)
     sdpa        F.scaled_dot_product_attention, PyTorch picks the kernel
@@ -13,8 +13,6 @@ this file, before building (training/hardware.py: check_kernels).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,21 +20,23 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lrscale.parametrization import Parametrization, Role
 
-from .backends import require_package
+from .kernels import Kernel, lookup
 from .config import ModelConfig
 from .layers import Linear, Rotary
 
 
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Reference: softmax(q k^T * scale + causal mask) v, in fp32. q: (B, nh, T, hs); k, v: (B, nkv, T, hs)."""
+    """Reference: softmax(q k^T * scale + causal mask) v, in fp32 (also inside a bf16 autocast
+    region, which would otherwise run both matmuls in bf16). q: (B, nh, T, hs); k, v: (B, nkv, T, hs)."""
     rep = q.shape[1] // k.shape[1]
     if rep > 1:  # grouped-query attention: each kv head serves `rep` query heads
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     T = q.shape[-2]
-    att = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, nh, T, T)
-    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-    return (att @ v.float()).to(q.dtype)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        att = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, nh, T, T)
+        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        return (att @ v.float()).to(q.dtype)
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -68,25 +68,53 @@ def flash_attn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
     return y.transpose(1, 2)  # (B, nh, T, hs): a view; the caller's reshape back is free
 
 
-ATTENTION_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
-    "eager": eager_attention,
-    "sdpa": sdpa_attention,
-    "sdpa_flash": sdpa_flash_attention,
-    "sdpa_cudnn": sdpa_cudnn_attention,
-    "flash_attn": flash_attn_attention,
-}
-# Backends whose kernels live in an optional package: (module, how to install it).
-_PACKAGES = {"flash_attn": ("flash_attn", "pip install flash-attn --no-build-isolation")}
+# Runtime checks that depend on the torch build (PyTorch's SDPA dispatch rules,
+# aten/src/ATen/native/transformers/cuda/sdp_utils.cpp).
+
+def _flash_built(device: torch.device, dtype: torch.dtype) -> str | None:
+    if not torch.backends.cuda.is_flash_attention_available():
+        return f"needs FlashAttention kernels, which this torch build ({torch.__version__}) lacks"
+    return None
 
 
-def get_attention_backend(name: str) -> Callable[..., torch.Tensor]:
-    if name not in ATTENTION_BACKENDS:
-        raise ValueError(f"attention backend '{name}' is unknown; valid: {', '.join(ATTENTION_BACKENDS)}")
-    if name in _PACKAGES:
-        module, install = _PACKAGES[name]
-        require_package("attention", name, module, install,
-                        "hardware.attention_backend=sdpa_flash runs the same algorithm from PyTorch")
-    return ATTENTION_BACKENDS[name]
+def _cudnn_usable(device: torch.device, dtype: torch.dtype) -> str | None:
+    if not torch.backends.cudnn.is_available():
+        return "needs cuDNN, which this torch build lacks"
+    if torch.are_deterministic_algorithms_enabled():
+        return "is not deterministic, and torch.use_deterministic_algorithms is on"
+    return None
+
+
+def _cudnn_head_size(d: int) -> bool:
+    """Multiples of 8 up to 128; 256 too on sm90/sm100 with cuDNN > 9.22 (its backward's rule)."""
+    if d % 8:
+        return False
+    if d <= 128:
+        return True
+    if d == 256 and torch.cuda.is_available():
+        cap, version = torch.cuda.get_device_capability(), torch.backends.cudnn.version() or 0
+        return (cap == (9, 0) or cap[0] == 10) and version > 92200
+    return False
+
+
+_HALF = (torch.float16, torch.bfloat16)
+ATTENTION_KERNELS: dict[str, Kernel] = {k.name: k for k in (
+    Kernel("eager", eager_attention, "attention", "fp32 softmax with an explicit causal mask (the reference)"),
+    Kernel("sdpa", sdpa_attention, "attention", "F.scaled_dot_product_attention; PyTorch picks the kernel "
+           "(its math kernel where no fused one fits)"),
+    Kernel("sdpa_flash", sdpa_flash_attention, "attention", "SDPA pinned to FlashAttention-2", devices=("cuda",),
+           cuda_dtypes=_HALF, min_capability=(8, 0), head_sizes=lambda d: d <= 256 and d % 8 == 0,
+           head_rule="<= 256 and a multiple of 8", runtime=_flash_built),
+    Kernel("sdpa_cudnn", sdpa_cudnn_attention, "attention", "SDPA pinned to cuDNN attention", devices=("cuda",),
+           cuda_dtypes=_HALF, min_capability=(8, 0), head_sizes=_cudnn_head_size,
+           head_rule="that is a multiple of 8 and <= 128 (256 on sm90/sm100 with cuDNN > 9.22)",
+           runtime=_cudnn_usable),
+    Kernel("flash_attn", flash_attn_attention, "attention", "the flash-attn package's flash_attn_func",
+           package="flash_attn", install="pip install flash-attn --no-build-isolation",
+           alternatives="hardware.attention_backend=sdpa_flash runs the same algorithm from PyTorch",
+           devices=("cuda",), cuda_dtypes=_HALF, min_capability=(8, 0),
+           head_sizes=lambda d: d <= 256 and d % 8 == 0, head_rule="<= 256 and a multiple of 8"),
+)}
 
 
 class Attention(nn.Module):
@@ -97,8 +125,7 @@ class Attention(nn.Module):
         self.wo = Linear(self.n_heads * self.d_head, cfg.d_model, Role.ATTN_OUT)
         self.rotary = Rotary(self.d_head, cfg.seq_len, cfg.rope_theta)
         self.scale = param.attn_scale(self.d_head)
-        self.backend_name = backend
-        self.attend = get_attention_backend(backend)
+        self.attend = lookup(ATTENTION_KERNELS, "attention", backend).fn
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Projected, rotated q (B, nh, T, hs) and k, v (B, nkv, T, hs); probes reuse this."""

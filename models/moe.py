@@ -13,7 +13,7 @@ from torch import nn
 
 from lrscale.parametrization import Parametrization, Role, role_param
 
-from .backends import require_package
+from .kernels import Kernel, lookup, warn_once
 from .config import ModelConfig
 from .layers import SwiGLU, silu_gate
 
@@ -140,41 +140,37 @@ def megablocks_experts(x: torch.Tensor, counts: torch.Tensor, w_in: torch.Tensor
     return gmm((F.silu(gate) * up).contiguous(), w_out.to(dt), sizes)  # (n, d)
 
 
-def _check_aligned_dims(name: str, d_model: int, d_expert: int) -> None:
-    # Grouped GEMM kernels need 16-byte aligned row strides: 8 elements in bf16.
-    for field_name, v in (("model.d_model", d_model), ("model.moe.d_expert (or d_ff)", d_expert)):
-        if v % 8:
-            raise ValueError(f"expert backend '{name}' needs {field_name}={v} to be a multiple of 8; "
-                             "change it or use hardware.expert_backend=loop")
-
-
-def _check_grouped_mm(d_model: int, d_expert: int) -> None:
+def _grouped_mm_build(device: torch.device, dtype: torch.dtype) -> str | None:
+    """torch's grouped GEMM: present since 2.8 (torch._grouped_mm), public since 2.12. On CUDA,
+    torch 2.8 runs it on sm90 only; from 2.9 it also runs elsewhere, but off sm90/sm100 through a
+    fallback with a host sync per GEMM (aten/src/ATen/native/cuda/Blas.cpp, _grouped_mm_allowed_device):
+    allowed, with a warning, since megablocks or the loop may then be faster."""
     if grouped_mm_fn() is None:
-        raise RuntimeError("expert backend 'grouped_mm' needs torch >= 2.8 (torch._grouped_mm); use 'loop'")
-    _check_aligned_dims("grouped_mm", d_model, d_expert)
+        return f"needs torch >= 2.8 (torch._grouped_mm); this is {torch.__version__}"
+    if device.type != "cuda":
+        return None
+    cap = torch.cuda.get_device_capability(device)
+    version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    fast = cap == (9, 0) or cap[0] == 10
+    if version < (2, 9) and cap != (9, 0):
+        return f"needs an sm90 GPU with torch {version[0]}.{version[1]} (this GPU is sm{cap[0]}{cap[1]})"
+    if not fast:
+        warn_once(f"hardware.expert_backend=grouped_mm on sm{cap[0]}{cap[1]}: torch runs it through a fallback "
+                  "with a host sync per GEMM; hardware.expert_backend=megablocks (or loop) may be faster here")
+    return None
 
 
-def _check_megablocks(d_model: int, d_expert: int) -> None:
-    require_package("expert", "megablocks", "grouped_gemm",
-                    "pip install megablocks (or just its kernels: pip install grouped_gemm)",
-                    "hardware.expert_backend=grouped_mm (PyTorch's own grouped GEMM) or loop")
-    _check_aligned_dims("megablocks", d_model, d_expert)
-
-
-EXPERT_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
-    "loop": loop_experts,
-    "grouped_mm": grouped_mm_experts,
-    "megablocks": megablocks_experts,
-}
-_BACKEND_CHECKS = {"grouped_mm": _check_grouped_mm, "megablocks": _check_megablocks}
-
-
-def get_expert_backend(name: str, d_model: int, d_expert: int) -> Callable[..., torch.Tensor]:
-    if name not in EXPERT_BACKENDS:
-        raise ValueError(f"expert backend '{name}' is unknown; valid: {', '.join(EXPERT_BACKENDS)}")
-    if name in _BACKEND_CHECKS:
-        _BACKEND_CHECKS[name](d_model, d_expert)
-    return EXPERT_BACKENDS[name]
+EXPERT_KERNELS: dict[str, Kernel] = {k.name: k for k in (
+    Kernel("loop", loop_experts, "expert", "one matmul pair per expert (the reference)"),
+    Kernel("grouped_mm", grouped_mm_experts, "expert", "all experts in two grouped GEMMs, no host sync",
+           cuda_dtypes=(torch.bfloat16,), min_capability=(8, 0), width_multiple=8,
+           compile_dtypes=(torch.bfloat16,), runtime=_grouped_mm_build,
+           alternatives="hardware.expert_backend=loop"),
+    Kernel("megablocks", megablocks_experts, "expert", "megablocks' grouped GEMM (group sizes on the host)",
+           package="grouped_gemm", install="pip install megablocks (or just its kernels: pip install grouped_gemm)",
+           alternatives="hardware.expert_backend=grouped_mm (PyTorch's own grouped GEMM) or loop",
+           devices=("cuda",), cuda_dtypes=(torch.bfloat16,), min_capability=(8, 0), width_multiple=8),
+)}
 
 
 # ---- router ----------------------------------------------------------------------------
@@ -227,13 +223,15 @@ class MoE(nn.Module):
         self.w_in = role_param(torch.empty(m.num_experts, d, 2 * de), Role.EXPERT_IN)
         self.w_out = role_param(torch.empty(m.num_experts, de, d), Role.EXPERT_OUT)
         self.shared = SwiGLU(d, de) if m.shared_expert else None
-        self.backend_name = backend
-        self.experts = get_expert_backend(backend, d, de)
-        self.stats: dict[str, torch.Tensor] = {}
-        self.register_buffer("load", torch.zeros(m.num_experts), persistent=False)  # since last bias update
+        self.experts = lookup(EXPERT_KERNELS, "expert", backend).fn
+        # Assignments per expert since the last bias update, filled by the training step from the
+        # forward's statistics (record_load): forward itself changes no state, so a compiled and
+        # activation-checkpointed block is one graph, and evaluation never moves the bias.
+        self.register_buffer("load", torch.zeros(m.num_experts), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, T, d) -> (output (B, T, d), weighted auxiliary loss scalar)."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """x: (B, T, d) -> (output (B, T, d), weighted auxiliary loss scalar, routing statistics:
+        tokens_per_expert, imbalance, load_balance_loss, router_z, router_entropy; no grad)."""
         B, T, d = x.shape
         flat = x.reshape(-1, d)                                   # (n, d)
         r = self.router(flat)
@@ -252,34 +250,35 @@ class MoE(nn.Module):
         if self.shared is not None:
             out = out + self.shared(flat)
 
-        aux = self._aux_losses(r, counts, n)
-        return out.view(B, T, d), aux
+        aux, stats = self._aux_losses(r, counts, n)
+        return out.view(B, T, d), aux, stats
 
-    def _aux_losses(self, r: Routing, counts: torch.Tensor, n: int) -> torch.Tensor:
+    def _aux_losses(self, r: Routing, counts: torch.Tensor, n: int) -> tuple[torch.Tensor, dict]:
         E, k = self.num_experts, self.top_k
         frac_tokens = counts.float() / (n * k)                  # f_e: share of assignments
         mean_prob = r.probs.mean(0)                               # P_e
         lb = E * (frac_tokens * mean_prob).sum()                  # Switch: = 1 when balanced
         z = torch.logsumexp(r.logits, dim=-1).pow(2).mean()      # ST-MoE z-loss
         with torch.no_grad():
-            ent = -(r.probs * r.probs.clamp_min(1e-12).log()).sum(-1).mean()
-            if self.training:  # evaluation must not move the balancing bias
-                self.load += counts.float()
-            self.stats = {
-                "tokens_per_expert": counts.detach(),
-                "imbalance": counts.max().float() / counts.float().mean(),
-                "load_balance_loss": lb.detach(),
-                "router_z": z.detach(),
-                "router_entropy": ent,
-            }
+            stats = {"tokens_per_expert": counts.detach(),
+                     "imbalance": counts.max().float() / counts.float().mean(),
+                     "load_balance_loss": lb.detach(),
+                     "router_z": z.detach(),
+                     "router_entropy": -(r.probs * r.probs.clamp_min(1e-12).log()).sum(-1).mean()}
         aux = self.z_loss_coef * z
         if not self.router.aux_free:
             aux = aux + self.aux_loss_coef * lb
-        return aux
+        return aux, stats
+
+    @torch.no_grad()
+    def record_load(self, stats: dict[str, torch.Tensor]) -> None:
+        """Count a training forward's assignments towards the next bias update."""
+        self.load += stats["tokens_per_expert"].float()
 
     @torch.no_grad()
     def update_router_bias(self) -> None:
-        """DeepSeek-V3 balancing: raise the bias of under-loaded experts, lower over-loaded ones."""
-        if self.router.aux_free and self.load.sum() > 0:
+        """DeepSeek-V3 balancing: raise the bias of under-loaded experts, lower over-loaded ones
+        (nothing moves without recorded load: sign(0) = 0). No host sync."""
+        if self.router.aux_free:
             self.router.bias += self.bias_update_rate * torch.sign(self.load.mean() - self.load)
         self.load.zero_()

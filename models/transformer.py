@@ -20,7 +20,8 @@ from .moe import MoE
 
 class ModelOutput:
     """loss: language-model cross-entropy, fp32 (None without targets); aux_loss: weighted
-    MoE auxiliary losses (0 for dense); logits (B, T, V).
+    MoE auxiliary losses (0 for dense); logits (B, T, V); moe_stats: each MoE layer's routing
+    statistics (models/moe.py), which the training step records (Transformer.record_load).
 
     With targets, the chunked loss never makes the full logits; `logits` then computes them
     on first read from the final hidden state, under the forward's autocast and grad mode,
@@ -29,8 +30,9 @@ class ModelOutput:
     """
 
     def __init__(self, loss: torch.Tensor | None, aux_loss: torch.Tensor, logits: torch.Tensor | None = None,
-                 make_logits=None, weight: torch.Tensor | None = None):
+                 make_logits=None, weight: torch.Tensor | None = None, moe_stats: list | None = None):
         self.loss, self.aux_loss = loss, aux_loss
+        self.moe_stats = moe_stats or []
         self._logits, self._make_logits = logits, make_logits
         self._weight, self._version = weight, weight._version if weight is not None else None
 
@@ -63,14 +65,16 @@ class Block(nn.Module):
         # Residual-branch multiplier from the parametrization (depth rules; 1 by default).
         self.branch_mult = param.residual_mult
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
+        """x (B, T, d) -> (x after the block, weighted MoE auxiliary loss, MoE routing statistics
+        or None). Pure: no module state changes, so a compiled, checkpointed block is one graph."""
         x = x + _scaled(self.attn(self.attn_norm(x)), self.branch_mult)
         h = self.mlp_norm(x)
         if self.moe is not None:
-            y, aux = self.moe(h)
+            y, aux, stats = self.moe(h)
         else:
-            y, aux = self.mlp(h), x.new_zeros((), dtype=torch.float32)
-        return x + _scaled(y, self.branch_mult), aux
+            y, aux, stats = self.mlp(h), x.new_zeros((), dtype=torch.float32), None
+        return x + _scaled(y, self.branch_mult), aux, stats
 
 
 class Transformer(nn.Module):
@@ -97,18 +101,26 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
         x = _scaled(F.embedding(idx, self.embed), self.input_mult)  # (B, T, d)
         aux = x.new_zeros((), dtype=torch.float32)
+        stats = []
         for block in self.blocks:
-            x, a = block(x)
+            x, a, s = block(x)
             aux = aux + a
+            if s is not None:
+                stats.append(s)
         h = self.final_norm(x)
         if targets is None:
-            return ModelOutput(None, aux, logits=self.logits(h))
+            return ModelOutput(None, aux, logits=self.logits(h), moe_stats=stats)
         d = h.shape[-1]
         loss = self.lm_loss(h.reshape(-1, d), self.unembed.weight, targets.reshape(-1), self.output_mult)
-        return ModelOutput(loss, aux, make_logits=_replay(self.logits, h), weight=self.unembed.weight)
+        return ModelOutput(loss, aux, make_logits=_replay(self.logits, h), weight=self.unembed.weight, moe_stats=stats)
 
     def moe_layers(self) -> list[MoE]:
         return [b.moe for b in self.blocks if b.moe is not None]
+
+    def record_load(self, moe_stats: list[dict]) -> None:
+        """A training forward's expert assignments, towards the next bias update (aux_free balancing)."""
+        for moe, stats in zip(self.moe_layers(), moe_stats):
+            moe.record_load(stats)
 
     def update_router_biases(self) -> None:
         for moe in self.moe_layers():

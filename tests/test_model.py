@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from lrscale.models import (
-    ModelConfig, MoE, MoEConfig, Transformer, eager_attention, get_expert_backend,
+    ModelConfig, MoE, MoEConfig, Transformer, eager_attention,
     grouped_mm_experts, loop_experts, sdpa_attention,
 )
 from lrscale.parametrization import ParametrizationConfig, build_parametrization, init_weights
@@ -217,7 +217,7 @@ def test_moe_matches_per_token_dense_reference(shared):
     """Dropless sorted dispatch equals sum_j gate_j * expert_{idx_j}(x_t) computed token by token."""
     moe = _moe(num_experts=4, top_k=2, shared_expert=shared)
     x = torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(3))
-    y, _ = moe(x)
+    y, _, _ = moe(x)
     flat = x.reshape(-1, 32)
     r = moe.router(flat)
     for t in range(flat.shape[0]):
@@ -251,8 +251,8 @@ def test_router_topk_distinct_gates_sum_to_one_and_tokens_routed_k_times(top_k):
     others = probs.masked_fill(torch.zeros_like(probs, dtype=torch.bool).scatter(-1, r.expert_idx, True), -1)
     assert (chosen.min(-1).values >= others.max(-1).values).all()
     torch.testing.assert_close(r.weights.double(), chosen / chosen.sum(-1, keepdim=True))
-    moe(x)
-    counts = moe.stats["tokens_per_expert"]
+    _, _, stats = moe(x)
+    counts = stats["tokens_per_expert"]
     assert counts.sum().item() == n * top_k
     assert torch.equal(counts, torch.bincount(r.expert_idx.reshape(-1), minlength=6))
 
@@ -275,7 +275,7 @@ def test_router_in_fp32_for_bf16_input():
     # Also with the whole MoE in bf16, the router still works in fp32 and the output stays bf16.
     moe = moe.to(torch.bfloat16)
     assert moe.router(x).logits.dtype == torch.float32
-    y, aux = moe(x.view(1, 32, 32))
+    y, aux, _ = moe(x.view(1, 32, 32))
     assert y.dtype == torch.bfloat16 and aux.dtype == torch.float32
 
 
@@ -316,9 +316,11 @@ def _skewed_input_and_moe(**kw):
 
 
 def _imbalance(moe, x) -> float:
+    """A training forward as the training step makes it: the routing is recorded towards the bias."""
     with torch.no_grad():
-        moe(x)
-    return moe.stats["imbalance"].item()
+        _, _, stats = moe(x)
+    moe.record_load(stats)
+    return stats["imbalance"].item()
 
 
 def test_aux_free_bias_moves_toward_balance():
@@ -338,19 +340,30 @@ def test_aux_free_bias_moves_toward_balance():
 
 
 def test_aux_free_bias_unchanged_by_eval_forwards():
+    """The forward changes no state; only the training step records routing (train_step ->
+    Transformer.record_load), so evaluation (training/loop.py evaluate) never moves the bias."""
+    from contextlib import nullcontext
+
+    from lrscale.training.loop import evaluate
+
     moe, x = _skewed_input_and_moe()
-    moe(x)                                   # training forward: load accumulates
+    _imbalance(moe, x)                       # training forward, recorded: load accumulates
     load = moe.load.clone()
     assert load.sum() == 64 and load[0] > 60
-    moe.eval()
     with torch.no_grad():
-        for _ in range(3):
-            moe(x)
-    assert torch.equal(moe.load, load)       # eval forwards add nothing
+        moe(x)                               # a bare forward records nothing
+    assert torch.equal(moe.load, load)
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=64, seq_len=8,
+                      moe=MoEConfig(num_experts=4, top_k=1, balance="aux_free"))
+    model = build(cfg)
+    idx = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    evaluate(model, [(idx, idx)] * 3, torch.device("cpu"), nullcontext())
+    assert model.moe_layers()[0].load.sum() == 0   # evaluation forwards add nothing
     moe.update_router_bias()
     bias = moe.router.bias.clone()
-    moe(x)
-    moe.update_router_bias()                 # only eval forwards since: nothing to act on
+    with torch.no_grad():
+        moe(x)
+    moe.update_router_bias()                 # nothing recorded since: nothing to act on
     assert torch.equal(moe.router.bias, bias)
 
 
@@ -374,10 +387,10 @@ def test_switch_load_balance_loss_is_one_for_uniform_routing(top_k):
     for t in range(4 * E):
         for j in range(top_k):
             x[0, t, (t + j) % E] = 1.0
-    _, aux = moe(x)
-    assert moe.stats["tokens_per_expert"].tolist() == [4 * top_k] * E
+    _, aux, stats = moe(x)
+    assert stats["tokens_per_expert"].tolist() == [4 * top_k] * E
     assert moe.router(x[0]).probs.max() > 1.5 / E  # not trivially uniform per token
-    torch.testing.assert_close(moe.stats["load_balance_loss"], torch.tensor(1.0))
+    torch.testing.assert_close(stats["load_balance_loss"], torch.tensor(1.0))
     torch.testing.assert_close(aux, torch.tensor(0.25))
 
 
@@ -390,7 +403,7 @@ def test_switch_load_balance_loss_hand_value_when_skewed():
     x = torch.zeros(1, 8, d)
     x[0, :6, 0] = 1.0      # six tokens to expert 0
     x[0, 6:, 1] = 1.0      # two to expert 1
-    _, aux = moe(x)
+    _, aux, _ = moe(x)
     p_hi = math.exp(3) / (math.exp(3) + 3)
     p_lo = 1 / (math.exp(3) + 3)
     f = [6 / 8, 2 / 8, 0, 0]
@@ -405,13 +418,13 @@ def test_z_loss_matches_hand_computation():
     with torch.no_grad():
         moe.router.weight.mul_(50)  # make logsumexp far from log(E)
     x = torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(4))
-    _, aux = moe(x)
+    _, aux, stats = moe(x)
     z = 0.0
     for row in x.reshape(-1, 32).double():
         logits = [float(row @ w) for w in moe.router.weight.detach().double()]
         z += math.log(sum(math.exp(v) for v in logits)) ** 2
     z /= 16
-    assert moe.stats["router_z"].item() == pytest.approx(z, rel=1e-5)
+    assert stats["router_z"].item() == pytest.approx(z, rel=1e-5)
     assert aux.item() == pytest.approx(0.1 * z, rel=1e-5)
 
 
@@ -465,11 +478,16 @@ def test_unknown_expert_backend_lists_valid():
 
 @pytest.mark.parametrize("d_model, d_expert, field", [(36, 16, "d_model"), (32, 20, "d_expert")])
 def test_grouped_mm_misaligned_sizes_rejected(d_model, d_expert, field):
-    with pytest.raises(ValueError, match=f"{field}.*multiple of 8"):
-        get_expert_backend("grouped_mm", d_model, d_expert)
+    """Grouped GEMMs need 16-byte rows: the hardware check refuses other widths before anything
+    is built, naming the field and what runs instead (the grouped_mm record, models/moe.py)."""
+    from lrscale.training.config import HardwareConfig
+    from lrscale.training.hardware import check_kernels
+
     cfg = tiny(d_model=d_model, n_heads=2, moe=MoEConfig(num_experts=4, d_expert=d_expert))
-    with pytest.raises(ValueError, match="loop"):
-        build(cfg, experts="grouped_mm")
+    with pytest.raises(ValueError, match=f"{field}.*multiple of 8") as e:
+        check_kernels(HardwareConfig(expert_backend="grouped_mm"), cfg, torch.device("cpu"))
+    assert "loop" in str(e.value)
+    check_kernels(HardwareConfig(expert_backend="loop"), cfg, torch.device("cpu"))
     build(cfg, experts="loop")  # the reference accepts any size
 
 

@@ -132,7 +132,7 @@ def test_residual_stream_at_init_is_bounded_in_depth_with_alpha_one():
         x = torch.nn.functional.embedding(idx, model.embed) * model.input_mult
         with torch.no_grad():
             for b in model.blocks:
-                x, _ = b(x)
+                x, _, _ = b(x)
         return float(x.pow(2).mean().sqrt())
 
     one = [residual_rms(L, 1.0) for L in (2, 8, 32)]

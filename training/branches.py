@@ -96,21 +96,20 @@ def fork_and_decay(ctx, loader, val_batches: list, start: int, end: int, factor,
     """Fork a WSD decay from the stable state at `start`, train to `end`, evaluate, return to
     the stable state. `stop_requested` is asked before each step (collective under torchrun);
     when it says stop, the branch is abandoned with status `interrupted` and the state restored."""
-    from .loop import diverged, evaluate, train_step
+    from .loop import divergence_flag, evaluate, train_step
 
     snap = _snapshot(ctx.core, ctx.optimizer)
     main_factor = ctx.schedule.factor
     ctx.schedule.factor = factor
-    status = "ok"
+    bad = None
     try:
         for step in range(start, end):
             if stop_requested():
                 return {"steps": end, "decay_steps": end - start, "val_loss": None, "status": "interrupted"}
             x, y = loader.batch(step)
-            loss = train_step(ctx, x, y, step)["loss"]
-            if diverged(loss, state, divergence_factor):
-                status = "diverged"
-                break
+            flag = divergence_flag(train_step(ctx, x, y, step)["loss"], state.initial_loss, divergence_factor)
+            bad = flag if bad is None else bad | flag
+        status = "diverged" if bad is not None and bool(bad) else "ok"  # read once, at the branch's end
         val = evaluate(ctx.model, val_batches, ctx.device, ctx.autocast) if status == "ok" else None
     finally:
         ctx.schedule.factor = main_factor

@@ -68,7 +68,8 @@ class HardwareConfig:
     attention_backend: str = "sdpa"
     expert_backend: str = "grouped_mm"
     compile: bool = False
-    tf32: bool = True
+    tf32: bool = True                 # CUDA fp32 matmuls in TF32 (hardware=gpu turns it off: bf16 autocast runs the
+                                      # big matmuls, and TF32 would make the "fp32" router and fp32 paths 10-bit)
     fused_optimizer: Optional[bool] = None  # None = fused AdamW on CUDA, foreach on CPU
     activation_checkpointing: bool = False
     num_threads: int = 0              # CPU intra-op threads; 0 = torch's default
@@ -77,11 +78,11 @@ class HardwareConfig:
     def __post_init__(self) -> None:
         """Names only: whether this device can run them is checked when the run starts
         (training/hardware.py check_kernels), where the device is known."""
-        from lrscale.models import ATTENTION_BACKENDS, EXPERT_BACKENDS
+        from lrscale.models import ATTENTION_KERNELS, EXPERT_KERNELS
 
         for name, value, valid in (("device", self.device, DEVICES), ("dtype", self.dtype, DTYPES),
-                                   ("attention_backend", self.attention_backend, tuple(ATTENTION_BACKENDS)),
-                                   ("expert_backend", self.expert_backend, tuple(EXPERT_BACKENDS)),
+                                   ("attention_backend", self.attention_backend, tuple(ATTENTION_KERNELS)),
+                                   ("expert_backend", self.expert_backend, tuple(EXPERT_KERNELS)),
                                    ("data_parallel", self.data_parallel, DATA_PARALLEL)):
             if value not in valid:
                 raise ValueError(f"hardware.{name}='{value}' is unknown; valid: {', '.join(valid)}")

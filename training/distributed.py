@@ -122,6 +122,15 @@ def mean_across_ranks(values: Sequence[float]) -> list[float]:
     return (t / dist.get_world_size()).tolist()
 
 
+def mean_across_ranks_(t: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of a same-shaped tensor on every rank, kept on the device (no host
+    sync); the identity on one process."""
+    if not _active():
+        return t
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
+
+
 def max_across_ranks(value: float) -> float:
     """The largest of one number over ranks (e.g. a stop flag: any rank's signal stops all)."""
     if not _active():

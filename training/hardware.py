@@ -2,9 +2,9 @@
 activation checkpointing, compile, and the peak FLOP/s that MFU is measured against.
 The model files never see a device string.
 
-    setup_torch(hw, model_cfg)     validate names, then kernels x device x dtype, before building
-    autocast(hw, device)           bf16 autocast; master weights, router, norms and loss stay fp32
-    apply_compile(model, hw)       per block: activation checkpointing, then torch.compile
+    setup_torch(hw, model_cfg)     before building: allocator, device, kernels x device x dtype, threads, TF32
+    apply_hardware(core, hw, ...)  after building: activation checkpointing -> compile -> DDP/FSDP,
+                                   with the autocast context and the optimizer flavour the loop needs
     peak_flops(device), mfu(...)   the stated peak and model FLOPs utilisation per step
     tune_allocator()               once at process start-up: keep large CPU tensors on the heap
 """
@@ -27,8 +27,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lrscale.models import ATTENTION_BACKENDS, EXPERT_BACKENDS, ModelConfig, get_attention_backend, get_expert_backend
-from lrscale.models.backends import BackendUnavailableError
+from lrscale.models import ATTENTION_KERNELS, EXPERT_KERNELS, BackendUnavailableError, ModelConfig
 from lrscale.models.moe import grouped_mm_fn
 
 from .config import HardwareConfig
@@ -53,78 +52,23 @@ def resolve_expert_backend(hw: HardwareConfig) -> None:
 
 
 # ---- which kernels this device and dtype can run ------------------------------------------
-# Each returns why a backend cannot run (None: it can). Sources: PyTorch's SDPA dispatch
-# rules (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp), the grouped_mm docs
-# (CUDA: bf16, sm80+) and its meta function, which traces bf16 only (so compile needs bf16).
-
-def _cuda_half(device: torch.device, dtype: torch.dtype) -> str | None:
-    if device.type != "cuda":
-        return "needs a CUDA device (hardware=gpu)"
-    if dtype not in _HALF:
-        return f"needs hardware.dtype=bfloat16 (got {dtype})"
-    cap = torch.cuda.get_device_capability(device)
-    if cap < (8, 0):
-        return f"needs compute capability >= 8.0 (Ampere or newer); this GPU is sm{cap[0]}{cap[1]}"
-    return None
-
-
-def attention_support(name: str, device: torch.device, dtype: torch.dtype, d_head: int) -> str | None:
-    if name in ("eager", "sdpa"):
-        return None  # eager runs anywhere; sdpa falls back to its math kernel where nothing fused fits
-    why = _cuda_half(device, dtype)
-    if why:
-        return why
-    if name in ("sdpa_flash", "flash_attn"):
-        if d_head > 256 or d_head % 8:
-            return f"needs a head size <= 256 and a multiple of 8 (d_model / n_heads = {d_head})"
-        if name == "sdpa_flash" and not torch.backends.cuda.is_flash_attention_available():
-            return f"this torch build ({torch.__version__}) has no FlashAttention kernels"
-    if name == "sdpa_cudnn":
-        if not torch.backends.cudnn.is_available():
-            return "this torch build has no cuDNN"
-        cap, version = torch.cuda.get_device_capability(device), torch.backends.cudnn.version() or 0
-        d256 = (cap == (9, 0) or cap[0] == 10) and version > 92200  # backward: d <= 128 or d == 256
-        if d_head % 8 or not (d_head <= 128 or (d256 and d_head == 256)):
-            return f"needs a head size that is a multiple of 8 and <= 128 (d_model / n_heads = {d_head})"
-        if torch.are_deterministic_algorithms_enabled():
-            return "is not deterministic, and torch.use_deterministic_algorithms is on"
-    return None
-
-
-def expert_support(name: str, device: torch.device, dtype: torch.dtype, compile: bool) -> str | None:
-    if name == "loop":
-        return None
-    if name == "grouped_mm":
-        if device.type == "cuda":
-            return _cuda_half(device, dtype) or (None if dtype == torch.bfloat16 else "needs hardware.dtype=bfloat16")
-        if compile and dtype != torch.bfloat16:
-            return "under torch.compile traces bf16 only: set hardware.dtype=bfloat16 or hardware.compile=false"
-        return None
-    if name == "megablocks":
-        return _cuda_half(device, dtype) or (None if dtype == torch.bfloat16 else "needs hardware.dtype=bfloat16")
-    return None
-
 
 def check_kernels(hw: HardwareConfig, model: ModelConfig, device: torch.device) -> None:
-    """Before building: the chosen attention/expert backends can run on this device, dtype and
-    shape, and their optional packages import. Fails loudly, listing what would run."""
+    """Before building: the chosen attention and expert kernels run on this device, dtype and
+    shape, and their optional packages import (each kernel's record, models/kernels.py). Fails
+    loudly, listing the kernels that would run here."""
     dtype = TORCH_DTYPES[hw.dtype]
-    get_attention_backend(hw.attention_backend)  # optional package importable?
-    why = attention_support(hw.attention_backend, device, dtype, model.d_head)
-    if why:
-        ok = [n for n in ATTENTION_BACKENDS if attention_support(n, device, dtype, model.d_head) is None]
-        raise BackendUnavailableError(
-            f"hardware.attention_backend={hw.attention_backend} {why}. Here ({device.type}, {hw.dtype}) "
-            f"these run: {', '.join(ok)}")
-    if not model.is_moe:
-        return
-    get_expert_backend(hw.expert_backend, model.d_model, model.expert_width)  # package, sizes
-    why = expert_support(hw.expert_backend, device, dtype, hw.compile)
-    if why:
-        ok = [n for n in EXPERT_BACKENDS if expert_support(n, device, dtype, hw.compile) is None]
-        raise BackendUnavailableError(
-            f"hardware.expert_backend={hw.expert_backend} {why}. Here ({device.type}, {hw.dtype}, "
-            f"compile={hw.compile}) these run: {', '.join(ok)}")
+    choices = [(ATTENTION_KERNELS, hw.attention_backend, {"d_head": model.d_head})]
+    if model.is_moe:
+        widths = {"model.d_model": model.d_model, "model.moe.d_expert (or d_ff)": model.expert_width}
+        choices.append((EXPERT_KERNELS, hw.expert_backend, {"widths": widths, "compile": hw.compile}))
+    for registry, name, shape in choices:
+        why = registry[name].unsupported(device, dtype, **shape)
+        if why:
+            ok = [n for n, k in registry.items() if k.unsupported(device, dtype, **shape) is None]
+            raise BackendUnavailableError(
+                f"{registry[name].field}={name} {why}. Here ({device.type}, {hw.dtype}, compile={hw.compile}) "
+                f"these run: {', '.join(ok)}")
 
 
 def setup_torch(hw: HardwareConfig, model: ModelConfig | None = None) -> torch.device:
@@ -154,30 +98,35 @@ def autocast(hw: HardwareConfig, device: torch.device):
 
 # ---- per-block wrappers -------------------------------------------------------------------
 
-def apply_activation_checkpointing(model: nn.Module, hw: HardwareConfig) -> nn.Module:
-    """Recompute each block's activations in backward instead of keeping them
-    (non-reentrant torch.utils.checkpoint). Only `forward` is wrapped, so parameter
-    names, state dicts and the parameter table are unchanged.
-
-    The recompute stops once the saved tensors backward needs are rebuilt (torch's
-    default early stop), before the MoE's load bookkeeping, so routing loads are counted
-    once (tests/test_backends.py). Were they counted twice, the DeepSeek-V3 bias update,
-    which uses only the sign of (mean load - load), would not change.
-    """
-    if hw.activation_checkpointing:
-        for block in model.blocks:
-            block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
-    return model
-
-
 def apply_compile(model: nn.Module, hw: HardwareConfig) -> nn.Module:
-    """Activation checkpointing, then torch.compile, on each transformer block (not the
-    whole model: identical blocks share one compiled graph, fast to compile, same numerics)."""
-    apply_activation_checkpointing(model, hw)
+    """Activation checkpointing, then torch.compile, on each transformer block (not the whole
+    model: identical blocks share one compiled graph, fast to compile, same numerics).
+
+    Only `forward` is replaced, so parameter names, state dicts and the parameter table are
+    unchanged. The compiled function *calls* the non-reentrant checkpoint (torchtitan's order):
+    Dynamo then traces the block inside it as one graph. Compiling a forward that *is* a
+    checkpoint partial compiles nothing (Dynamo skips torch.utils.checkpoint itself), which is
+    how an earlier version ran eagerly under compile=true; tests/test_hardware.py counts the graphs.
+    Blocks are pure functions of their input (models/transformer.py), so recomputing one in
+    backward changes no state."""
     if hw.compile:
-        for block in model.blocks:
-            block.compile()
+        # Every block (and every config a test or a basic-launcher sweep builds in one process)
+        # is a new code object to guard: leave room before Dynamo's recompile limit falls back to eager.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for block in model.blocks:
+        forward = block.forward
+        if hw.activation_checkpointing:
+            forward = _checkpointed(forward)
+        if hw.compile:
+            forward = torch.compile(forward)
+        block.forward = forward
     return model
+
+
+def _checkpointed(forward):
+    def checkpointed_forward(*args):  # activations recomputed in backward (non-reentrant)
+        return checkpoint(forward, *args, use_reentrant=False)
+    return checkpointed_forward
 
 
 def fused_optimizer(hw: HardwareConfig, device: torch.device) -> bool | None:
@@ -214,6 +163,9 @@ NOMINAL_PEAK_TFLOPS = {  # most specific first: the first key whose words all ap
     "H100 PCIe": 756.0,
     "H100 NVL": 835.0,
     "H100": 989.0,        # the SXM part, named "NVIDIA H100 80GB HBM3"
+    "GH200": 989.0,       # the Grace Hopper superchip's H100 (same GH100 tensor cores)
+    "H800 PCIe": 756.0,   # the export H100 parts: same compute, less interconnect
+    "H800": 989.0,
     "A100": 312.0,
 }
 

@@ -27,11 +27,12 @@ class TrainState:
     status: str = "running"           # running | completed | diverged | interrupted | failed
     branches: list = field(default_factory=list)  # finished decay-branch results
 
-    def advance(self, loss: float, tokens_per_step: int) -> None:
-        """One optimizer step done; the first loss is what divergence is measured against."""
+    def advance(self, loss, tokens_per_step: int) -> None:
+        """One optimizer step done. The first step's loss (read once, a float) is what divergence
+        is measured against; later losses are not read here."""
         self.step, self.tokens = self.step + 1, self.tokens + tokens_per_step
         if self.initial_loss is None:
-            self.initial_loss = loss
+            self.initial_loss = float(loss)
 
     def record_eval(self, val_loss: float) -> None:
         self.last_val_loss = val_loss
@@ -52,7 +53,12 @@ class StepContext:
 
 
 def train_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, step: int) -> dict:
-    """One optimizer step on a (per-rank) batch, with gradient accumulation."""
+    """One optimizer step on a (per-rank) batch, with gradient accumulation.
+
+    Nothing here waits for the device: the loss, the auxiliary loss and the gradient norm come
+    back as 0-d tensors (the global batch's means under torchrun), with the last micro-batch's
+    MoE routing statistics; the loop reads them once per logging step (GPU steps then queue
+    back to back instead of stalling on a `.item()` per micro-batch)."""
     lr_factor = ctx.schedule.apply(step)
     ctx.optimizer.zero_grad(set_to_none=True)
     mb = ctx.micro_batch_size or x.shape[0]
@@ -60,7 +66,7 @@ def train_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, step: int) ->
         raise ValueError(f"train.micro_batch_size={mb} does not divide the per-rank batch of {x.shape[0]} rows "
                          "(train.batch_size / number of ranks); pick a divisor")
     chunks = list(zip(x.split(mb), y.split(mb)))
-    loss_sum = aux_sum = 0.0
+    losses = torch.zeros(2, dtype=torch.float32, device=ctx.device)  # (lm loss, aux loss), summed over chunks
     for i, (xm, ym) in enumerate(chunks):
         xm, ym = xm.to(ctx.device, non_blocking=True), ym.to(ctx.device, non_blocking=True)
         sync = i == len(chunks) - 1
@@ -68,17 +74,18 @@ def train_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, step: int) ->
             out = ctx.model(xm, ym)
             loss = (out.loss + out.aux_loss) / len(chunks)
         loss.backward()
-        loss_sum += out.loss.detach().float().item() / len(chunks)
-        aux_sum += float(out.aux_loss.detach()) / len(chunks)
-    loss_sum, aux_sum = distributed.mean_across_ranks([loss_sum, aux_sum])  # the global batch's loss
+        losses += torch.stack([out.loss.detach().float(), out.aux_loss.detach().float()]) / len(chunks)
+        ctx.core.record_load(out.moe_stats)  # routing counts for the DeepSeek-V3 bias (aux_free balancing)
+    losses = distributed.mean_across_ranks_(losses)  # the global batch's loss
     clip = ctx.grad_clip if ctx.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(ctx.core.parameters(), clip)  # DTensors (FSDP2) included
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
     ctx.optimizer.step()
     # DeepSeek-V3 bias balancing reacts to the load of the whole global batch, as on one process.
     distributed.sum_across_ranks_([m.load for m in ctx.core.moe_layers()])
     ctx.core.update_router_biases()
-    return {"loss": loss_sum, "aux_loss": aux_sum, "grad_norm": grad_norm, "lr_factor": lr_factor}
+    return {"loss": losses[0], "aux_loss": losses[1], "grad_norm": grad_norm.detach(), "lr_factor": lr_factor,
+            "moe_stats": out.moe_stats}
 
 
 def _maybe_no_sync(model: nn.Module, sync: bool):
@@ -105,16 +112,16 @@ def evaluate(model: nn.Module, batches: list, device: torch.device, autocast) ->
     return distributed.mean_across_ranks([total / len(batches)])[0]
 
 
-def diverged(loss: float, state: TrainState, factor: float) -> bool:
-    """Not finite, or far above where the run started."""
-    if not math.isfinite(loss):
-        return True
-    return state.initial_loss is not None and loss > factor * state.initial_loss
+def divergence_flag(loss: torch.Tensor, initial_loss: float | None, factor: float) -> torch.Tensor:
+    """`diverged` on the device, for a flag the loop ORs in every step and reads when it logs."""
+    bad = ~torch.isfinite(loss)
+    if initial_loss is not None:
+        bad = bad | (loss > factor * initial_loss)
+    return bad
 
 
-def moe_stats(core: nn.Module) -> dict:
-    """Router statistics of the last forward, averaged over MoE layers."""
-    layers = [m.stats for m in core.moe_layers() if m.stats]
+def moe_stats(layers: list[dict]) -> dict:
+    """Routing statistics of one forward (train_step's "moe_stats"), averaged over MoE layers."""
     if not layers:
         return {}
     mean = lambda k: float(torch.stack([s[k] for s in layers]).float().mean())  # noqa: E731

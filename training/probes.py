@@ -88,7 +88,7 @@ def walk_activations(core: nn.Module, x: torch.Tensor, visit: Callable[[str, tor
             for i, block in enumerate(core.blocks):
                 for row in h.split(1):
                     visit(f"attn_logits{i}", attention_logits(block, row))
-                h, _ = block(h)
+                h, _, _ = block(h)
                 visit(f"block{i}", h.float())
             visit("logits", (core.unembed(core.final_norm(h)) * core.output_mult).float())  # (B, T, V)
     finally:
