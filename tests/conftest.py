@@ -1,4 +1,6 @@
-"""Shared fixtures: compose the real Hydra config and shrink it (lightning-hydra-template style)."""
+"""What the tests share: the one tiny-model builder (the way train.py builds: parametrization,
+model, deterministic init) and the real Hydra config composed and shrunk
+(lightning-hydra-template style). Test files import the builders: `from conftest import ...`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +12,34 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
 torch.set_num_threads(1)
+
+
+def tiny_model_config(moe=False, **kw):
+    """d_model 32, 2 layers, 2 heads, vocabulary 64, sequence 16; `moe`: False (dense), True (4
+    experts, top-2, width 16) or a MoEConfig. Keywords override any field."""
+    from lrscale.models import ModelConfig, MoEConfig
+
+    if moe is True:
+        moe = MoEConfig(num_experts=4, top_k=2, d_expert=16)
+    base = dict(d_model=32, n_layers=2, n_heads=2, vocab_size=64, seq_len=16)
+    return ModelConfig(moe=moe or MoEConfig(), **{**base, **kw})
+
+
+def build_model_and_param(cfg, parametrization: str = "sp", *, seed: int = 0, attn: str = "eager",
+                          experts: str = "loop", **param_kw):
+    """(model, parametrization) for a model config, initialised from `seed` as train.py does."""
+    from lrscale.models import Transformer
+    from lrscale.parametrization import ParametrizationConfig, build_parametrization, init_weights
+
+    param = build_parametrization(ParametrizationConfig(name=parametrization, **param_kw), cfg)
+    model = Transformer(cfg, param, attn, experts)
+    init_weights(model, param, seed)
+    return model, param
+
+
+def build_model(cfg, parametrization: str = "sp", **kw):
+    """The model of `build_model_and_param`."""
+    return build_model_and_param(cfg, parametrization, **kw)[0]
 
 
 def tiny_overrides(tmp: Path, cache: Path) -> list[str]:

@@ -16,6 +16,7 @@ import math
 import pytest
 import torch
 
+from conftest import build_model, tiny_model_config
 from lrscale.benchmarks import throughput
 from lrscale.models import ModelConfig, MoEConfig, Transformer
 from lrscale.models.attention import ATTENTION_KERNELS, eager_attention
@@ -38,18 +39,6 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     assert torch.isfinite(out).all()
     return float((out - ref).norm() / ref.norm())
 
-
-def tiny_cfg(moe: bool = False, **kw) -> ModelConfig:
-    base = dict(d_model=32, n_layers=2, n_heads=2, vocab_size=64, seq_len=16)
-    base.update(kw)
-    return ModelConfig(moe=MoEConfig(num_experts=4, top_k=2, d_expert=16) if moe else MoEConfig(), **base)
-
-
-def build(cfg: ModelConfig, attn: str = "eager", experts: str = "loop") -> Transformer:
-    param = build_parametrization(ParametrizationConfig(), cfg)
-    model = Transformer(cfg, param, attn, experts)
-    init_weights(model, param, seed=0)
-    return model
 
 
 def fwd_bwd(model: Transformer, idx: torch.Tensor, ctx=None) -> tuple[torch.Tensor, dict]:
@@ -80,7 +69,7 @@ def attention_fwd_bwd(fn, q, k, v, scale, dy):
 # ---- attention: CPU ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", ["sdpa", "sdpa_flash"])
-@pytest.mark.parametrize("n_kv", [4, 2])
+@pytest.mark.parametrize("n_kv", [4, 2, 1])
 def test_attention_backend_matches_eager_fwd_bwd_cpu_fp32(backend, n_kv):
     """sdpa_flash on CPU runs PyTorch's CPU flash kernel: the pinning wrapper itself is checked here."""
     q, k, v = qkv(H_kv=n_kv)
@@ -92,12 +81,26 @@ def test_attention_backend_matches_eager_fwd_bwd_cpu_fp32(backend, n_kv):
         assert rel_err(a, b) < 1e-5
 
 
+def test_sdpa_model_matches_eager_model_gqa_fwd_bwd():
+    cfg = tiny_model_config(d_model=64, n_heads=4, n_kv_heads=2)
+    idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    res = []
+    for backend in ("eager", "sdpa"):
+        model = build_model(cfg, attn=backend)
+        out = model(idx, idx)
+        out.loss.backward()
+        res.append((out.logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-5, atol=1e-5)
+    for n in res[0][1]:
+        torch.testing.assert_close(res[1][1][n], res[0][1][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
 @pytest.mark.skipif(has("flash_attn"), reason="flash_attn is installed here")
 def test_flash_attn_without_package_fails_saying_how_to_install():
     with pytest.raises(BackendUnavailableError, match="pip install flash-attn"):
         lookup(ATTENTION_KERNELS, "attention", "flash_attn")
     with pytest.raises(BackendUnavailableError, match="flash_attn"):
-        build(tiny_cfg(), attn="flash_attn")
+        build_model(tiny_model_config(), attn="flash_attn")
 
 
 # ---- experts: CPU -----------------------------------------------------------------------
@@ -147,6 +150,12 @@ def test_grouped_mm_matches_loop_fwd_bwd_fp32(counts, align):
     for e, ne in enumerate(counts):  # an expert without tokens gets exactly zero gradient
         if ne == 0:
             assert g[1][e].abs().max() == 0 and g[2][e].abs().max() == 0
+            assert g_ref[1][e].abs().max() == 0 and g_ref[2][e].abs().max() == 0
+    start = 0  # and the loop reference is what it claims: expert e applied to its own slice
+    for e, ne in enumerate(counts):
+        gate, up = (x[start:start + ne] @ w_in[e]).chunk(2, -1)
+        torch.testing.assert_close(y_ref[start:start + ne], (torch.nn.functional.silu(gate) * up) @ w_out[e])
+        start += ne
 
 
 @pytest.mark.parametrize("counts", COUNTS[:3])
@@ -171,15 +180,21 @@ def test_megablocks_without_package_fails_saying_how_to_install():
         lookup(EXPERT_KERNELS, "expert", "megablocks")
 
 
-def test_moe_model_grouped_mm_matches_loop_with_empty_experts():
-    """Top-1 of 32 experts on 16 tokens: at least half the experts get nothing; the padded path must agree."""
-    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=64, seq_len=8,
-                      moe=MoEConfig(num_experts=32, top_k=1, d_expert=16))
+@pytest.mark.parametrize("moe", [
+    MoEConfig(num_experts=4, top_k=2, d_expert=16, shared_expert=True, z_loss_coef=1e-3),
+    MoEConfig(num_experts=32, top_k=1, d_expert=16),   # top-1 of 32 on 16 tokens: most experts get nothing
+])
+def test_moe_model_grouped_mm_matches_loop_fwd_bwd(moe):
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=64, seq_len=8, moe=moe)
     idx = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
-    ref_model, model = build(cfg, experts="loop"), build(cfg, experts="grouped_mm")
+    ref_model, model = build_model(cfg, experts="loop"), build_model(cfg, experts="grouped_mm")
+    out_ref, out = ref_model(idx, idx), model(idx, idx)
+    torch.testing.assert_close(out.logits, out_ref.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.aux_loss, out_ref.aux_loss)
     loss_ref, g_ref = fwd_bwd(ref_model, idx)
     loss, g = fwd_bwd(model, idx)
-    assert (ref_model.moe_layers()[0].load == 0).any()  # the counts fwd_bwd recorded
+    if moe.num_experts == 32:
+        assert (ref_model.moe_layers()[0].load == 0).any()  # empty experts really occurred
     torch.testing.assert_close(loss, loss_ref)
     for n in g_ref:
         torch.testing.assert_close(g[n], g_ref[n], rtol=1e-4, atol=1e-6, msg=n)
@@ -188,7 +203,7 @@ def test_moe_model_grouped_mm_matches_loop_with_empty_experts():
 # ---- bf16 autocast: what stays fp32 -------------------------------------------------------
 
 def test_bf16_autocast_keeps_router_loss_and_master_weights_fp32():
-    model = build(tiny_cfg(moe=True), attn="sdpa", experts="grouped_mm")
+    model = build_model(tiny_model_config(moe=True), attn="sdpa", experts="grouped_mm")
     seen = {}
     model.blocks[0].moe.router.register_forward_hook(lambda m, i, out: seen.update(router=out.logits.dtype))
     idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -206,9 +221,9 @@ def test_bf16_autocast_keeps_router_loss_and_master_weights_fp32():
 
 @pytest.mark.parametrize("moe", [False, True])
 def test_activation_checkpointing_gives_identical_grads(moe):
-    cfg = tiny_cfg(moe=moe)
+    cfg = tiny_model_config(moe=moe)
     idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
-    ref, ckpt = build(cfg, "sdpa", "grouped_mm"), build(cfg, "sdpa", "grouped_mm")
+    ref, ckpt = build_model(cfg, attn="sdpa", experts="grouped_mm"), build_model(cfg, attn="sdpa", experts="grouped_mm")
     apply_compile(ckpt, HardwareConfig(activation_checkpointing=True))
     loss_ref, g_ref = fwd_bwd(ref, idx)
     loss, g = fwd_bwd(ckpt, idx)
@@ -225,9 +240,9 @@ def test_activation_checkpointing_gives_identical_grads(moe):
 @pytest.mark.parametrize("moe", [False, True])
 def test_compiled_blocks_match_eager_cpu(moe):
     """torch.compile per block on CPU (slow: ~30 s of inductor compilation per graph)."""
-    cfg = tiny_cfg(moe=moe)
+    cfg = tiny_model_config(moe=moe)
     idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
-    ref, comp = build(cfg, "sdpa", "grouped_mm"), build(cfg, "sdpa", "grouped_mm")
+    ref, comp = build_model(cfg, attn="sdpa", experts="grouped_mm"), build_model(cfg, attn="sdpa", experts="grouped_mm")
     apply_compile(comp, HardwareConfig(compile=True))
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)  # grouped_mm traces in bf16 only
     loss_ref, g_ref = fwd_bwd(ref, idx, bf16)
@@ -361,8 +376,8 @@ def test_cuda_bf16_model_matches_fp32_reference(attn, experts, compile, ckpt):
     cfg = ModelConfig(d_model=256, n_layers=2, n_heads=4, vocab_size=512, seq_len=128,
                       moe=MoEConfig(num_experts=4, top_k=2, d_expert=256))
     idx = torch.randint(0, 512, (4, 128), generator=torch.Generator().manual_seed(0)).cuda()
-    ref = build(cfg, "eager", "loop").cuda()
-    fast = build(cfg, attn, experts).cuda()
+    ref = build_model(cfg, attn="eager", experts="loop").cuda()
+    fast = build_model(cfg, attn=attn, experts=experts).cuda()
     apply_compile(fast, HardwareConfig(compile=compile, activation_checkpointing=ckpt))
     loss_ref, g_ref = fwd_bwd(ref, idx)
     loss, g = fwd_bwd(fast, idx, torch.autocast("cuda", dtype=torch.bfloat16))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import build_model_and_param
 import torch.multiprocessing as mp
 
 from lrscale.data import TokenLoader
@@ -250,9 +251,7 @@ def _tiny_model() -> tuple[Transformer, list[dict]]:
                       moe=MoEConfig(num_experts=4, top_k=2, balance="aux_free", bias_update_rate=0.05))
     # muP lr_mult: 1 (embedding, norms, router, unembedding), 1/2 (fan-in d_model 16 -> 32) and 2/3 (the
     # expert down-projection: fan-in d_ff, 8/3 d rounded up to 32: 64 -> 96)
-    param = build_parametrization(ParametrizationConfig(name="mup", base_d_model=16), cfg)
-    model = Transformer(cfg, param, "sdpa", "grouped_mm")
-    init_weights(model, param, seed=0)
+    model, param = build_model_and_param(cfg, "mup", base_d_model=16, attn="sdpa", experts="grouped_mm")
     return model, param_table(model, param)
 
 

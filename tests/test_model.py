@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import build_model, tiny_model_config
 from torch.utils.flop_counter import FlopCounterMode
 
 from lrscale.models import (
@@ -18,19 +19,6 @@ from lrscale.models import (
 from lrscale.parametrization import ParametrizationConfig, build_parametrization, init_weights
 
 
-def tiny(**kw) -> ModelConfig:
-    moe = kw.pop("moe", MoEConfig())
-    base = dict(d_model=32, n_layers=2, n_heads=2, vocab_size=64, seq_len=16)
-    base.update(kw)
-    return ModelConfig(moe=moe, **base)
-
-
-def build(cfg: ModelConfig, seed: int = 0, attn: str = "eager", experts: str = "loop", **pkw) -> Transformer:
-    param = build_parametrization(ParametrizationConfig(**pkw), cfg)
-    model = Transformer(cfg, param, attn_backend=attn, expert_backend=experts)
-    init_weights(model, param, seed)
-    return model
-
 
 def tokens(cfg: ModelConfig, batch: int = 2, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -38,13 +26,13 @@ def tokens(cfg: ModelConfig, batch: int = 2, seed: int = 1) -> torch.Tensor:
 
 
 COUNT_CONFIGS = {
-    "dense": tiny(),
-    "dense_dff": tiny(d_ff=40),
-    "moe": tiny(moe=MoEConfig(num_experts=4, top_k=2)),
-    "moe_shared": tiny(moe=MoEConfig(num_experts=4, top_k=1, d_expert=16, shared_expert=True)),
-    "moe_first_dense": tiny(n_layers=3, moe=MoEConfig(num_experts=8, top_k=2, first_dense_layers=1)),
-    "gqa": tiny(d_model=64, n_heads=4, n_kv_heads=2),
-    "gqa_moe": tiny(d_model=64, n_heads=4, n_kv_heads=1, moe=MoEConfig(num_experts=4, top_k=3, d_expert=24)),
+    "dense": tiny_model_config(),
+    "dense_dff": tiny_model_config(d_ff=40),
+    "moe": tiny_model_config(moe=MoEConfig(num_experts=4, top_k=2)),
+    "moe_shared": tiny_model_config(moe=MoEConfig(num_experts=4, top_k=1, d_expert=16, shared_expert=True)),
+    "moe_first_dense": tiny_model_config(n_layers=3, moe=MoEConfig(num_experts=8, top_k=2, first_dense_layers=1)),
+    "gqa": tiny_model_config(d_model=64, n_heads=4, n_kv_heads=2),
+    "gqa_moe": tiny_model_config(d_model=64, n_heads=4, n_kv_heads=1, moe=MoEConfig(num_experts=4, top_k=3, d_expert=24)),
 }
 
 
@@ -53,7 +41,7 @@ COUNT_CONFIGS = {
 @pytest.mark.parametrize("name", list(COUNT_CONFIGS))
 def test_param_counts_match_built_model(name):
     cfg = COUNT_CONFIGS[name]
-    model = build(cfg)
+    model = build_model(cfg)
     total = active = embed = 0
     for pname, p in model.named_parameters():
         n = p.numel()
@@ -79,7 +67,7 @@ def test_param_counts_match_built_model(name):
 def test_flops_per_token_matches_counted_matmuls(name):
     """3 x forward matmul FLOPs (counted by torch) is the training cost the config predicts."""
     cfg = COUNT_CONFIGS[name]
-    model = build(cfg)
+    model = build_model(cfg)
     idx = tokens(cfg)
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(idx)
@@ -93,8 +81,8 @@ def test_flops_per_token_matches_counted_matmuls(name):
 
 
 def test_flops_per_token_is_6n_active_and_ignores_idle_experts():
-    a = tiny(moe=MoEConfig(num_experts=4, top_k=2))
-    b = tiny(moe=MoEConfig(num_experts=8, top_k=2))
+    a = tiny_model_config(moe=MoEConfig(num_experts=4, top_k=2))
+    b = tiny_model_config(moe=MoEConfig(num_experts=8, top_k=2))
     assert b.param_counts()["n_total"] > a.param_counts()["n_total"]
     # Only the router (d x E per MoE layer) grows with E; idle experts cost nothing.
     assert b.flops_per_token() - a.flops_per_token() == 6 * a.n_layers * a.d_model * (8 - 4)
@@ -106,25 +94,6 @@ def test_flops_per_token_is_6n_active_and_ignores_idle_experts():
 
 
 # ---- attention backends -------------------------------------------------------------------
-
-@pytest.mark.parametrize("n_kv", [4, 2, 1])
-def test_sdpa_matches_eager_fwd_bwd(n_kv):
-    g = torch.Generator().manual_seed(0)
-    B, nh, T, hs = 2, 4, 16, 16
-    q = torch.randn(B, nh, T, hs, generator=g)
-    k, v = torch.randn(2, B, n_kv, T, hs, generator=g)
-    dy = torch.randn(B, nh, T, hs, generator=g)
-    outs, grads = [], []
-    for fn in (eager_attention, sdpa_attention):
-        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
-        y = fn(qq, kk, vv, 0.3)
-        (y * dy).sum().backward()
-        outs.append(y.detach())
-        grads.append([t.grad for t in (qq, kk, vv)])
-    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads[1], grads[0]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
 
 def test_eager_attention_is_causal_softmax_reference():
     """The reference itself against a per-query loop (GQA: kv head = query head // rep)."""
@@ -140,72 +109,11 @@ def test_eager_attention_is_causal_softmax_reference():
             torch.testing.assert_close(y[0, h, t], w @ v[0, kv, : t + 1], rtol=1e-5, atol=1e-6)
 
 
-def test_sdpa_model_matches_eager_model_gqa_fwd_bwd():
-    cfg = tiny(d_model=64, n_heads=4, n_kv_heads=2)
-    idx = tokens(cfg)
-    res = []
-    for backend in ("eager", "sdpa"):
-        model = build(cfg, attn=backend)
-        out = model(idx, idx)
-        out.loss.backward()
-        res.append((out.logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
-    torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-5, atol=1e-5)
-    for n in res[0][1]:
-        torch.testing.assert_close(res[1][1][n], res[0][1][n], rtol=1e-4, atol=1e-6, msg=n)
-
-
 # ---- experts ------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("counts", [[7, 0, 9, 4], [0, 12, 8, 0], [20, 0, 0, 0]])
-def test_grouped_mm_matches_loop_fwd_bwd(counts):
-    g = torch.Generator().manual_seed(0)
-    E, d, de = len(counts), 16, 8
-    n = sum(counts)
-    x = torch.randn(n, d, generator=g)
-    w_in = torch.randn(E, d, 2 * de, generator=g) / math.sqrt(d)
-    w_out = torch.randn(E, de, d, generator=g) / math.sqrt(de)
-    dy = torch.randn(n, d, generator=g)
-    c = torch.tensor(counts)
-    res = []
-    for fn in (loop_experts, grouped_mm_experts):
-        leaves = [t.clone().requires_grad_() for t in (x, w_in, w_out)]
-        y = fn(leaves[0], c, leaves[1], leaves[2])
-        (y * dy).sum().backward()
-        res.append((y.detach(), [t.grad for t in leaves]))
-    torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-5, atol=1e-5)
-    for a, b in zip(res[1][1], res[0][1]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    # An expert that got no tokens gets exactly zero gradient from both kernels.
-    for e, ne in enumerate(counts):
-        if ne == 0:
-            for grads in (res[0][1], res[1][1]):
-                assert grads[1][e].abs().max() == 0 and grads[2][e].abs().max() == 0
-    # And the loop reference is what it claims: expert e applied to its own slice.
-    start = 0
-    for e, ne in enumerate(counts):
-        gate, up = (x[start:start + ne] @ w_in[e]).chunk(2, -1)
-        torch.testing.assert_close(res[0][0][start:start + ne], (F.silu(gate) * up) @ w_out[e])
-        start += ne
-
-
-def test_moe_model_grouped_mm_matches_loop_fwd_bwd():
-    cfg = tiny(moe=MoEConfig(num_experts=4, top_k=2, d_expert=16, shared_expert=True, z_loss_coef=1e-3))
-    idx = tokens(cfg)
-    res = []
-    for backend in ("loop", "grouped_mm"):
-        model = build(cfg, experts=backend)
-        out = model(idx, idx)
-        (out.loss + out.aux_loss).backward()
-        res.append((out.logits.detach(), out.aux_loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
-    torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(res[1][1], res[0][1])
-    for n in res[0][2]:
-        torch.testing.assert_close(res[1][2][n], res[0][2][n], rtol=1e-4, atol=1e-6, msg=n)
-
 
 def _moe(seed: int = 0, **moe_kw) -> MoE:
     moe_kw = {"num_experts": 4, "top_k": 2, "d_expert": 16, **moe_kw}
-    cfg = tiny(moe=MoEConfig(**moe_kw))
+    cfg = tiny_model_config(moe=MoEConfig(**moe_kw))
     param = build_parametrization(ParametrizationConfig(), cfg)
     moe = MoE(cfg, param, "loop")
     init_weights(moe, param, seed)
@@ -282,7 +190,7 @@ def test_router_in_fp32_for_bf16_input():
 def test_moe_model_under_bf16_autocast_fwd_bwd():
     """bf16 autocast with fp32 master weights: runs, routes in fp32, stays close to fp32."""
     cfg = COUNT_CONFIGS["moe_shared"]
-    model = build(cfg)
+    model = build_model(cfg)
     idx = tokens(cfg)
     ref = model(idx, idx)
     routings = []
@@ -355,7 +263,7 @@ def test_aux_free_bias_unchanged_by_eval_forwards():
     assert torch.equal(moe.load, load)
     cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=64, seq_len=8,
                       moe=MoEConfig(num_experts=4, top_k=1, balance="aux_free"))
-    model = build(cfg)
+    model = build_model(cfg)
     idx = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
     evaluate(model, [(idx, idx)] * 3, torch.device("cpu"), nullcontext())
     assert model.moe_layers()[0].load.sum() == 0   # evaluation forwards add nothing
@@ -433,7 +341,7 @@ def test_z_loss_matches_hand_computation():
 @pytest.mark.parametrize("kind", ["dense", "moe", "gqa_moe"])
 def test_future_token_does_not_change_past_logits(kind):
     cfg = {"dense": COUNT_CONFIGS["dense"], "moe": COUNT_CONFIGS["moe"], "gqa_moe": COUNT_CONFIGS["gqa_moe"]}[kind]
-    model = build(cfg)
+    model = build_model(cfg)
     idx = tokens(cfg, batch=1)
     t = cfg.seq_len // 2
     idx2 = idx.clone()
@@ -459,20 +367,20 @@ def test_future_token_does_not_change_past_logits(kind):
 ])
 def test_invalid_config_rejected_naming_field(kw, field):
     with pytest.raises(ValueError, match=field) as e:
-        tiny(**kw)
+        tiny_model_config(**kw)
     if field == "balance":
         assert "aux_loss" in str(e.value) and "aux_free" in str(e.value)
 
 
 def test_unknown_attention_backend_lists_valid():
     with pytest.raises(ValueError, match="flash9") as e:
-        build(tiny(), attn="flash9")
+        build_model(tiny_model_config(), attn="flash9")
     assert "eager" in str(e.value) and "sdpa" in str(e.value)
 
 
 def test_unknown_expert_backend_lists_valid():
     with pytest.raises(ValueError, match="scattermoe") as e:
-        build(tiny(moe=MoEConfig(num_experts=4)), experts="scattermoe")
+        build_model(tiny_model_config(moe=MoEConfig(num_experts=4)), experts="scattermoe")
     assert "loop" in str(e.value) and "grouped_mm" in str(e.value)
 
 
@@ -483,12 +391,12 @@ def test_grouped_mm_misaligned_sizes_rejected(d_model, d_expert, field):
     from lrscale.training.config import HardwareConfig
     from lrscale.training.hardware import check_kernels
 
-    cfg = tiny(d_model=d_model, n_heads=2, moe=MoEConfig(num_experts=4, d_expert=d_expert))
+    cfg = tiny_model_config(d_model=d_model, n_heads=2, moe=MoEConfig(num_experts=4, d_expert=d_expert))
     with pytest.raises(ValueError, match=f"{field}.*multiple of 8") as e:
         check_kernels(HardwareConfig(expert_backend="grouped_mm"), cfg, torch.device("cpu"))
     assert "loop" in str(e.value)
     check_kernels(HardwareConfig(expert_backend="loop"), cfg, torch.device("cpu"))
-    build(cfg, experts="loop")  # the reference accepts any size
+    build_model(cfg, experts="loop")  # the reference accepts any size
 
 
 # ---- fast paths of the training step against their references (issue #13) -----------------
@@ -609,7 +517,7 @@ def test_model_chunked_loss_matches_reference_loss(cfg_name, pname):
 
 def test_lazy_logits_follow_forward_autocast_and_refuse_changed_weights():
     cfg = COUNT_CONFIGS["dense"]
-    model, idx = build(cfg), tokens(cfg)
+    model, idx = build_model(cfg), tokens(cfg)
     with torch.no_grad():
         plain = model(idx).logits                           # no targets: logits made eagerly
     out = model(idx, idx)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import build_model_and_param
 from lrscale.models import ModelConfig, MoEConfig, Transformer
 from lrscale.optim import GroupLR, OptimConfig, build_optimizer
 from lrscale.parametrization import ParametrizationConfig, build_parametrization, init_weights, param_table
@@ -35,13 +36,9 @@ def model_cfg(m: int, n_layers: int = BASE_L) -> ModelConfig:
 
 
 def build(name: str, m: int = 1, n_layers: int = BASE_L, seed: int = 0, **kw):
-    cfg = model_cfg(m, n_layers)
-    pcfg = ParametrizationConfig(**{"name": name, "init_std": SIGMA, "base_d_model": BASE_D,
-                                    "base_n_layers": BASE_L, **kw})
-    param = build_parametrization(pcfg, cfg)
-    model = Transformer(cfg, param)
-    init_weights(model, param, seed)
-    return model, param
+    """This file's model family at width multiplier m and depth n_layers, with base shape (BASE_D, BASE_L)."""
+    return build_model_and_param(model_cfg(m, n_layers), name, seed=seed,
+                                 **{"init_std": SIGMA, "base_d_model": BASE_D, "base_n_layers": BASE_L, **kw})
 
 
 def expected_row(name: str, role: str, m: float, L: int, alpha: float) -> tuple[float, float, float, float]:

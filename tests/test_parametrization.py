@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import build_model_and_param
 from lrscale.models import ModelConfig, MoEConfig, Transformer
 from lrscale.optim import OptimConfig, build_optimizer
 from lrscale.parametrization import (
@@ -25,12 +26,6 @@ def cfg_of(d_model: int = 32, moe: bool = True, **kw) -> ModelConfig:
     # n_heads fixed: d_head grows with width (the muP attention rule is about d_head).
     return ModelConfig(d_model=d_model, n_layers=2, n_heads=2, vocab_size=64, seq_len=16, moe=m, **kw)
 
-
-def build(cfg: ModelConfig, name: str = "sp", seed: int = 0, **pkw):
-    param = build_parametrization(ParametrizationConfig(name=name, init_std=SIGMA, **pkw), cfg)
-    model = Transformer(cfg, param)
-    init_weights(model, param, seed)
-    return model, param
 
 
 def expected_role(name: str) -> str:
@@ -62,7 +57,7 @@ def expected_role(name: str) -> str:
 
 @pytest.mark.parametrize("moe", [False, True])
 def test_every_parameter_has_its_role(moe):
-    model, param = build(cfg_of(moe=moe))
+    model, param = build_model_and_param(cfg_of(moe=moe))
     seen = set()
     for name, p in model.named_parameters():
         assert isinstance(getattr(p, "role", None), Role), name
@@ -74,7 +69,7 @@ def test_every_parameter_has_its_role(moe):
 
 
 def test_parameter_without_role_is_a_type_error_naming_it():
-    model, param = build(cfg_of(moe=False))
+    model, param = build_model_and_param(cfg_of(moe=False))
     model.blocks[1].stray_scale = nn.Parameter(torch.ones(3))
     with pytest.raises(TypeError, match=r"blocks\.1\.stray_scale"):
         param_table(model, param)
@@ -91,7 +86,7 @@ def test_mup_equals_sp_at_base_width_init_forward_and_adamw_steps(moe):
     tgt = torch.roll(idx, -1, dims=1)
     models, logits = {}, {}
     for name in ("sp", "mup"):
-        model, param = build(cfg, name, seed=3, base_d_model=32)
+        model, param = build_model_and_param(cfg, name, seed=3, base_d_model=32)
         models[name] = (model, param)
         logits[name] = model(idx).logits.detach()
     (sp, sp_p), (mu, mu_p) = models["sp"], models["mup"]
@@ -110,7 +105,7 @@ def test_mup_equals_sp_at_base_width_init_forward_and_adamw_steps(moe):
             opts[k].step()
             opts[k].zero_grad()
     moved = False
-    for (n, a), (_, b), (_, p0) in zip(sp.named_parameters(), mu.named_parameters(), build(cfg, seed=3)[0].named_parameters()):
+    for (n, a), (_, b), (_, p0) in zip(sp.named_parameters(), mu.named_parameters(), build_model_and_param(cfg, seed=3)[0].named_parameters()):
         assert torch.equal(a, b), f"after 3 steps {n} differs"
         moved |= not torch.equal(a, p0)
     assert moved
@@ -138,8 +133,8 @@ def fan_in_ratio(name: str, m: int, base: int = 32) -> float:
 def test_mup_table_follows_paper_rules(m, moe):
     base, L = 32, 2
     cfg = cfg_of(d_model=base * m, moe=moe)
-    sp_model, sp = build(cfg, "sp")
-    mu_model, mu = build(cfg, "mup", base_d_model=base)
+    sp_model, sp = build_model_and_param(cfg, "sp")
+    mu_model, mu = build_model_and_param(cfg, "mup", base_d_model=base)
     sp_rows = {r["name"]: r for r in param_table(sp_model, sp)}
     for r in param_table(mu_model, mu):
         role, s = r["role"], sp_rows[r["name"]]
@@ -163,7 +158,7 @@ def test_mup_forward_multipliers_and_attention_scale(m):
     base, n_heads = 32, 2
     cfg = cfg_of(d_model=base * m)
     d_head, base_d_head = base * m // n_heads, base // n_heads
-    model, mu = build(cfg, "mup", base_d_model=base)
+    model, mu = build_model_and_param(cfg, "mup", base_d_model=base)
     assert mu.output_mult == pytest.approx(1 / m) and mu.router_mult == pytest.approx(1 / m)
     assert mu.input_mult == 1.0 and mu.residual_mult == 1.0
     # 1/d_head attention, times sqrt(base d_head): the base model's head size by default ...
@@ -184,7 +179,7 @@ def test_mup_forward_multipliers_and_attention_scale(m):
 
 @pytest.mark.parametrize("name", ["sp", "mup"])
 def test_init_draws_have_the_table_std(name):
-    model, param = build(cfg_of(d_model=128), name, base_d_model=32)
+    model, param = build_model_and_param(cfg_of(d_model=128), name, base_d_model=32)
     for r, (n, p) in zip(param_table(model, param), model.named_parameters()):
         if r["role"] == "norm":
             assert torch.equal(p, torch.ones_like(p)), n
@@ -195,9 +190,9 @@ def test_init_draws_have_the_table_std(name):
 
 def test_init_deterministic_for_seed_and_changes_with_seed():
     cfg = cfg_of()
-    a, _ = build(cfg, "mup", seed=7, base_d_model=16)
-    b, _ = build(cfg, "mup", seed=7, base_d_model=16)
-    c, _ = build(cfg, "mup", seed=8, base_d_model=16)
+    a, _ = build_model_and_param(cfg, "mup", seed=7, base_d_model=16)
+    b, _ = build_model_and_param(cfg, "mup", seed=7, base_d_model=16)
+    c, _ = build_model_and_param(cfg, "mup", seed=8, base_d_model=16)
     for (n, pa), (_, pb), (_, pc) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
         assert torch.equal(pa, pb), n
         if "norm" not in n:
@@ -205,13 +200,13 @@ def test_init_deterministic_for_seed_and_changes_with_seed():
     # Init ignores (and leaves alone) the global RNG.
     torch.manual_seed(0)
     state = torch.get_rng_state()
-    build(cfg, seed=7)
+    build_model_and_param(cfg, seed=7)
     assert torch.equal(torch.get_rng_state(), state)
 
 
 @pytest.mark.parametrize("name", ["sp", "mup"])
 def test_zero_init_options_give_zeros(name):
-    model, _ = build(cfg_of(d_model=64), name, base_d_model=32, output_zero_init=True, router_zero_init=True)
+    model, _ = build_model_and_param(cfg_of(d_model=64), name, base_d_model=32, output_zero_init=True, router_zero_init=True)
     assert model.unembed.weight.abs().max() == 0
     routers = [moe.router.weight for moe in model.moe_layers()]
     assert routers and all(w.abs().max() == 0 for w in routers)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import train
+from conftest import build_model
 from lrscale.models import ModelConfig, MoEConfig, Transformer
 from lrscale.parametrization import ParametrizationConfig, Role, build_parametrization, init_weights
 from lrscale.training.io import read_jsonl
@@ -27,10 +28,7 @@ CTX = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontex
 def tiny_model(moe: bool = True, name: str = "mup", d_model: int = 64):
     cfg = ModelConfig(d_model=d_model, n_layers=2, n_heads=2, vocab_size=64, seq_len=16,
                       moe=MoEConfig(num_experts=4, top_k=2, first_dense_layers=1) if moe else MoEConfig())
-    param = build_parametrization(ParametrizationConfig(name=name, base_d_model=32), cfg)
-    model = Transformer(cfg, param, attn_backend="eager", expert_backend="loop")
-    init_weights(model, param, seed=0)
-    return model
+    return build_model(cfg, name, base_d_model=32, attn="eager", experts="loop")
 
 
 def batch(B: int = 3, T: int = 16) -> torch.Tensor:
