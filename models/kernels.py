@@ -78,11 +78,17 @@ class Kernel:
         return self.runtime(device, dtype) if self.runtime else None
 
 
+def check_name(registry: dict[str, Kernel], kind: str, name: str) -> None:
+    """An unknown kernel name is a config error that lists the valid ones (the config's
+    validation and the model's lookup both ask here)."""
+    if name not in registry:
+        raise ValueError(f"hardware.{kind}_backend='{name}' is unknown; valid: {', '.join(registry)}")
+
+
 def lookup(registry: dict[str, Kernel], kind: str, name: str) -> Kernel:
     """The record of a kernel by name; an unknown name lists the valid ones, a missing optional
     package says how to install it."""
-    if name not in registry:
-        raise ValueError(f"hardware.{kind}_backend='{name}' is unknown; valid: {', '.join(registry)}")
+    check_name(registry, kind, name)
     kernel = registry[name]
     why = kernel.package_missing()
     if why:

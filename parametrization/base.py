@@ -94,13 +94,3 @@ class Parametrization:
 
     def attn_scale(self, d_head: int) -> float:
         return 1.0 / math.sqrt(d_head)
-
-    def describe(self) -> dict:
-        """Scalars worth saving with a run (multipliers, bases)."""
-        return {
-            "name": self.name,
-            "input_mult": self.input_mult,
-            "output_mult": self.output_mult,
-            "router_mult": self.router_mult,
-            "residual_mult": self.residual_mult,
-        }

@@ -78,11 +78,6 @@ class MuParametrization(StandardParametrization):
     def ratio_of(self, role: Role, shape: tuple[int, ...]) -> float:
         return _ratio_of(self.fan_in_ratio, role, shape)
 
-    def describe(self) -> dict:
-        d = super().describe()
-        d.update(width_mult=self.m, base_d_model=self.cfg.base_d_model, base_d_head=self.base_d_head)
-        return d
-
 
 class MuLRParametrization(StandardParametrization):
     """SP with muP's per-module learning rates and nothing else: SP init, SP forward multipliers

@@ -56,9 +56,3 @@ class StandardParametrization(Parametrization):
             # the coupled per-step decay eta*lambda is what it is at base shape (PAPER.md Sec. 3).
             s = replace(s, wd_mult=s.wd_mult / s.lr_mult)
         return s
-
-    def describe(self) -> dict:
-        d = super().describe()
-        d.update(depth_alpha=self.depth.alpha, depth_mult=self.depth.mult, base_n_layers=self.cfg.base_n_layers,
-                 wd_convention=self.wd_convention)
-        return d

@@ -79,13 +79,14 @@ class HardwareConfig:
         """Names only: whether this device can run them is checked when the run starts
         (training/hardware.py check_kernels), where the device is known."""
         from lrscale.models import ATTENTION_KERNELS, EXPERT_KERNELS
+        from lrscale.models.kernels import check_name
 
         for name, value, valid in (("device", self.device, DEVICES), ("dtype", self.dtype, DTYPES),
-                                   ("attention_backend", self.attention_backend, tuple(ATTENTION_KERNELS)),
-                                   ("expert_backend", self.expert_backend, tuple(EXPERT_KERNELS)),
                                    ("data_parallel", self.data_parallel, DATA_PARALLEL)):
             if value not in valid:
                 raise ValueError(f"hardware.{name}='{value}' is unknown; valid: {', '.join(valid)}")
+        check_name(ATTENTION_KERNELS, "attention", self.attention_backend)
+        check_name(EXPERT_KERNELS, "expert", self.expert_backend)
         if self.num_threads < 0:
             raise ValueError(f"hardware.num_threads={self.num_threads} must be >= 0 (0 = torch's default)")
 
