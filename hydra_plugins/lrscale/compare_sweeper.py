@@ -210,30 +210,31 @@ class CompareSweeper(Sweeper):
 
         # 3. extend any direct sweep whose best loss sits at an edge of its grid
         for round_ in range(1, s.max_extensions + 1):
-            jobs = []
-            for t in s.targets:
-                for panel, par in (("sp", s.sp), ("mup", s.mup)):
-                    arm = f"targets/{t.name}/{panel}"
-                    df = cmp.load_arm(self.root / arm)
-                    if df is not None:
-                        jobs += [self._job(arm, t.model, par, lr, [t.tokens]) for lr in cmp.plan_extension(df, lattice)]
+            jobs = self._direct_sweep_jobs(lambda df: [(lr, 0) for lr in cmp.plan_extension(df, lattice)])
             if not jobs:
                 break
             self.launch(f"stage 3/4, extension round {round_} (optimum at a grid edge)", jobs)
 
         # 4. more seeds where the optimum is
-        jobs = []
-        for t in s.targets:
-            for panel, par in (("sp", s.sp), ("mup", s.mup)):
-                arm = f"targets/{t.name}/{panel}"
-                df = cmp.load_arm(self.root / arm)
-                if df is not None:
-                    jobs += [self._job(arm, t.model, par, lr, [t.tokens], seed)
-                             for lr in cmp.plan_replicates(df, s.replicate_lrs) for seed in s.seeds[1:]]
+        jobs = self._direct_sweep_jobs(lambda df: [(lr, seed) for lr in cmp.plan_replicates(df, s.replicate_lrs)
+                                                   for seed in s.seeds[1:]])
         self.launch("stage 4/4, seeds at the direct optima", jobs)
 
         self.report(design, preds)
         return self.returns
+
+    def _direct_sweep_jobs(self, plan) -> List[List[str]]:
+        """Jobs that `plan(table) -> [(lr, seed), ...]` adds to every target's SP and muP direct sweeps."""
+        from lrscale.analysis import compare as cmp
+
+        jobs = []
+        for t in self.spec.targets:
+            for panel, par in (("sp", self.spec.sp), ("mup", self.spec.mup)):
+                arm = f"targets/{t.name}/{panel}"
+                df = cmp.load_arm(self.root / arm)
+                if df is not None:
+                    jobs += [self._job(arm, t.model, par, lr, [t.tokens], seed) for lr, seed in plan(df)]
+        return jobs
 
     def design(self) -> Dict[str, Any]:
         """What the analysis needs to know about this comparison (design.json)."""
