@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from lrscale.analysis.coord_check import slope
-from lrscale.analysis.plots import new_figure, save_figure
+from lrscale.analysis.plots import new_figure, save_figure, log_scale
 from lrscale.analysis.probe_series import has_selection
 
 SLOPES_FILE = "feature_learning_slopes.csv"
@@ -115,8 +115,8 @@ def plot_feature_learning(table: pd.DataFrame, path, *, selection: str = "common
                 s = sl.loc[sl["module"] == module, "slope"]
                 label = f"{module} ({s.iloc[0]:+.2f})" if len(s) and np.isfinite(s.iloc[0]) else module
                 ax.plot(m["size"], m["value"], "o-", color=c, ms=3, lw=1, label=label)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
+            log_scale(ax, "x", base=2)
+            log_scale(ax, "y")
             ax.set_title(f"{variant}, step {step}", fontsize=9)
             ax.set_xlabel(axis)
             ax.grid(alpha=0.3)

@@ -36,7 +36,7 @@ import pandas as pd
 
 from lrscale.analysis.drift import fit_log_linear
 from lrscale.training.io import jsonable
-from lrscale.analysis.plots import new_figure, save_figure
+from lrscale.analysis.plots import new_figure, save_figure, log_scale
 from lrscale.analysis.run_configs import export_study_tables, load_runs
 from lrscale.analysis.transfer import (EQ2_WINDOW, _ci, _f, add_drift, caption_for, config_keys_used, draw_lr_curves,
                                        eq2_fit, fit_columns, loss_ylim, size_colors, usable, variant_order)
@@ -158,8 +158,8 @@ def plot_horizon(df: pd.DataFrame, table: pd.DataFrame, fits: dict, path, *, cap
         if len(base) and np.isfinite(base["eta_star"].iloc[0]):
             ax.plot(D, base["eta_star"].iloc[0] * (D / b["base_tokens"]) ** (-PAPER_BETA), "--", color="C3",
                     label=f"paper β = {PAPER_BETA} through D0")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        log_scale(ax, "x")
+        log_scale(ax, "y")
         ax.set_xlabel("tokens D")
         ax.set_ylabel("optimal peak LR")
         ax.set_title("η*(D)", fontsize=9)
@@ -174,7 +174,7 @@ def plot_horizon(df: pd.DataFrame, table: pd.DataFrame, fits: dict, path, *, cap
             ax.errorbar(t["tokens"] * (1 + 0.03 * (k - 1)), y, yerr=np.where(np.isfinite(err), err, 0), fmt="o-",
                         color=cm.tab10(k), capsize=3, ms=4, label=label)
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xscale("log")
+        log_scale(ax, "x")
         ax.set_xlabel("tokens D")
         ax.set_ylabel("drift log2 of the optimal (base) LR vs D0")
         ax.set_title("drift, 95% CI", fontsize=9)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from lrscale.training.io import jsonable
-from lrscale.analysis.plots import new_figure, save_figure
+from lrscale.analysis.plots import new_figure, save_figure, log_scale
 from lrscale.analysis.run_configs import export_study_tables
 from lrscale.analysis.transfer import (EQ2_WINDOW, _ci, _f, caption_for, config_keys_used, eq2_fit, fit_columns,
                                        load_transfer, loss_ylim, usable, variant_order)
@@ -127,14 +127,14 @@ def plot_modulewise(df: pd.DataFrame, opt: pd.DataFrame, path, *, caption: str =
             ax2.plot(rel, ok["val_loss"] - o["loss_at_ref"], "o-", color=c, ms=4, lw=1.2,
                      label=f"{variant}: C = {o['eq2_C']:.3g}, ΔL×2 = {o['dloss_x2']:.3g}")
     ax.set_ylim(*loss_ylim(df))
-    ax.set_xscale("log", base=2)
+    log_scale(ax, "x", base=2)
     ax.set_xlabel("peak LR η (base LR)")
     ax.set_ylabel("final validation loss")
     ax.set_title("loss vs LR (dashed: Eq. 2; ★ grid optimum; × diverged)", fontsize=9)
     ax.legend(fontsize=8)
     for x in (0.5, 2.0):
         ax2.axvline(x, color="0.6", ls=":", lw=1)
-    ax2.set_xscale("log", base=2)
+    log_scale(ax2, "x", base=2)
     ax2.set_xlabel("η / η_ref (η_ref: Eq. 2 optimum if bracketed, else grid)")
     ax2.set_ylabel("loss − loss at η_ref")
     ax2.set_title("sharpness around each variant's optimum", fontsize=9)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lrscale.analysis.plots import new_figure, save_figure
+from lrscale.analysis.plots import new_figure, save_figure, log_scale
 
 EPS_FILE = "eps_dominance.csv"
 TAU_FILE = "wd_timescale.csv"
@@ -166,7 +166,7 @@ def plot_monitors(table: pd.DataFrame, path, *, caption: str = "") -> Path:
     for D in sorted(table.groupby("run_id")["tokens"].max().unique()):
         ax_t.axhline(D, color="k", ls=":", lw=0.8)
     if len(finite):
-        ax_t.set_yscale("log")
+        log_scale(ax_t, "y")
     else:
         ax_t.text(0.5, 0.5, "no finite τ: no weight decay", transform=ax_t.transAxes, ha="center")
     ax_t.set_xlabel("step")

@@ -311,3 +311,21 @@ def plot_all(sf: SweepFit, out_dir, *, hardware: str = "unknown") -> dict[str, P
     """Write the four figures into out_dir; returns name -> path."""
     out_dir = Path(out_dir)
     return {name: fn(sf, out_dir / name, hardware=hardware) for name, fn in FIGURES.items()}
+
+
+def log_scale(ax, axis: str = "x", **kw) -> bool:
+    """Put `axis` ("x" or "y") on a log scale when something drawn there has a positive finite
+    value along it; else leave it linear (a log axis with no positive data cannot be drawn: a
+    sweep whose fits all failed must still give its figure). Returns whether it is log."""
+    values = []
+    for line in ax.get_lines():
+        values.append(np.asarray(line.get_xdata() if axis == "x" else line.get_ydata(), dtype=float).ravel())
+    for coll in ax.collections:
+        offsets = np.asarray(coll.get_offsets(), dtype=float)
+        if offsets.size:
+            values.append(offsets[:, 0 if axis == "x" else 1])
+    data = np.concatenate(values) if values else np.array([])
+    if not np.any(np.isfinite(data) & (data > 0)):
+        return False
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log", **kw)
+    return True

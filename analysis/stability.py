@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lrscale.analysis.plots import new_figure, save_figure
+from lrscale.analysis.plots import new_figure, save_figure, log_scale
 from lrscale.analysis.probe_series import has_selection
 from lrscale.training.probes import SPIKE_WINDOW, count_spikes
 
@@ -103,7 +103,7 @@ def plot_stability(table: pd.DataFrame, path, *, axis: str = "d_model", caption:
                     hit = g[g["step"].isin(spike_steps(g["value"], g["step"]))]
                     ax.plot(hit[x], hit["value"], "o", mfc="none", mec="red", ms=7, mew=1.3)
             if log:
-                ax.set_yscale("log")
+                log_scale(ax, "y")
             ax.set_ylabel(label, fontsize=8)
             ax.grid(alpha=0.3)
         what = "each variant's best LR" if sel == "best" else \

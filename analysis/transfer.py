@@ -45,7 +45,7 @@ import pandas as pd
 
 from lrscale.analysis.drift import log2_drift
 from lrscale.analysis.fitting import InsufficientDataError, LrFit, fit_lr_curve
-from lrscale.analysis.plots import new_figure, save_figure
+from lrscale.analysis.plots import new_figure, save_figure, log_scale
 from lrscale.analysis.run_configs import (DEPTH_KEY, RESULT_AXES, axis_label, export_study_tables,
                                           load_runs)
 
@@ -171,7 +171,7 @@ def draw_lr_curves(ax, g: pd.DataFrame, opt: pd.DataFrame, *, key: str = "size",
         o = opt[opt[key] == value]
         if len(o) and np.isfinite(o["best_lr"].iloc[0]):
             ax.plot(o["best_lr"], o["best_loss"], "*", ms=13, color=c, mec="k", mew=0.6)
-    ax.set_xscale("log", base=2)
+    log_scale(ax, "x", base=2)
     ax.grid(alpha=0.3)
 
 
@@ -200,7 +200,7 @@ def draw_drift(ax, opt: pd.DataFrame, *, key: str = "size", prefix: str = "drift
         if grid_col:
             ax.plot(x, o[grid_col], "s", mfc="none", color=c, ms=6)
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_xscale("log", base=2)
+    log_scale(ax, "x", base=2)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
 

@@ -46,7 +46,7 @@ import pandas as pd
 from lrscale.analysis.drift import _t, fit_log_linear
 from lrscale.analysis.fitting import InsufficientDataError
 from lrscale.training.io import jsonable
-from lrscale.analysis.plots import new_figure, save_figure
+from lrscale.analysis.plots import new_figure, save_figure, log_scale
 from lrscale.analysis.run_configs import export_study_tables, load_runs
 from lrscale.analysis.transfer import _ci, _f, add_drift, caption_for, config_keys_used, usable, variant_order
 
@@ -341,8 +341,8 @@ def plot_weight_decay(opt: pd.DataFrame, path, *, caption: str = "") -> Path:
                     ax.errorbar(h[axis], y, yerr=np.where(np.isfinite(err), err, 0), color=colors[variant],
                                 marker=markers[k % len(markers)], ms=4, capsize=2, lw=1,
                                 label=f"{variant}, {other} {val:,}" if i == 0 else None)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
+            log_scale(ax, "x", base=2)
+            log_scale(ax, "y")
             ax.set_xlabel(axis if axis == "width" else "tokens D")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
