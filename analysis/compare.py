@@ -458,6 +458,7 @@ def plot_target(result: dict, predictions: list[Prediction], sweeps: dict, path:
     dot, diverged runs an x at the top), SP and μP panels; each paradigm's runs at its predicted
     LR (a filled diamond, its interval as a bar; hollow where no run was made and the loss is read
     off the sweep) and the true η* (Eq. 2) with its interval as a band."""
+    from matplotlib import ticker
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -502,6 +503,8 @@ def plot_target(result: dict, predictions: list[Prediction], sweeps: dict, path:
         # The view spans the sweep and the predictions; a wider interval is cut at the frame.
         xs = [*t["lrs"], *(p.lr for p in predictions if PANEL_OF[p.paradigm] == panel)]
         ax.set_xlim(min(xs) / 1.4, max(xs) * 1.4)
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("peak LR η (base LR; μP scales the hidden groups)")
         ax.set_title(f"{title} at the target", fontsize=10)
         ax.grid(alpha=0.3, which="both")
