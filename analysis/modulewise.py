@@ -147,8 +147,11 @@ def plot_modulewise(df: pd.DataFrame, opt: pd.DataFrame, path, *, caption: str =
 
 
 def write_modulewise(sweep_dir: str | Path, out: str | Path | None = None, *, hardware: str = "unknown",
-                     variant_keys: Iterable[str] = (), window: int | None = EQ2_WINDOW) -> dict:
-    """modulewise.{png,csv,md,json} (and run_config.csv from a sweep directory) into `out`."""
+                     variant_keys: Iterable[str] = (), window: int | None = EQ2_WINDOW, probes: bool = True,
+                     common_lr: float | None = None) -> dict:
+    """modulewise.{png,csv,md,json} into `out`; from a sweep directory also run_config.csv, a copy of
+    the results table and, with `probes` and runs that logged them, probes.csv with figure 5 and the
+    optimizer monitors at each variant's best LR (analysis.probe_series): the why behind the losses."""
     sweep_dir = Path(sweep_dir)
     out = Path(out) if out else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -161,8 +164,17 @@ def write_modulewise(sweep_dir: str | Path, out: str | Path | None = None, *, ha
     md = markdown(opt)
     (out / "modulewise.md").write_text(md)
     export_study_tables(sweep_dir, out, df["run_id"], config_keys_used("d_model", variant_keys))
+    probe_outputs = {}
+    if probes and (sweep_dir / "runs").is_dir():
+        from lrscale.analysis.probe_series import write_probe_figures
+        probe_outputs = write_probe_figures(sweep_dir, df, out, axis="d_model", hardware=hardware,
+                                            common_lr=common_lr)
+    notes = probe_outputs.get("monitor_notes", [])
+    if notes:
+        md += "\nOptimizer monitors (monitors.png):\n" + "".join(f"- {n}\n" for n in notes)
+        (out / "modulewise.md").write_text(md)
     result = jsonable({"sweep_dir": str(sweep_dir), "analysis": "modulewise", "variant_keys": variant_keys,
                         "window": window, "caption": caption, "optima": json.loads(opt.to_json(orient="records")),
-                        "markdown": md})
+                        "probe_outputs": probe_outputs, "markdown": md})
     (out / "modulewise.json").write_text(json.dumps(result, indent=1))
     return result

@@ -250,11 +250,13 @@ def planted_wd(sweep_dir, *, variants: dict[str, dict] | None = None, widths: It
 
 def planted_ablation(sweep_dir, *, variants: dict[str, tuple[float, float, float]] | None = None,
                      lrs: Iterable[float] | None = None, d_model: int = 256,
-                     diverge_above: float | None = None) -> Path:
-    """One width; variants name -> (eta*, L_min, C); runs above `diverge_above` diverge."""
+                     diverge_above: float | None = None, spike: str | None = None) -> Path:
+    """One width; variants name -> (eta*, L_min, C); runs above `diverge_above` diverge. With `spike`
+    (a variant name) every run logs synthetic metrics and probes, and that variant's runs a loss spike
+    at step 100."""
     variants = variants or {"sp": (4e-3, 4.30, 0.20), "sp_mup_lr": (1e-2, 4.25, 0.12), "mup": (1e-2, 4.20, 0.08)}
     lrs = list(lrs or lr_grid(6e-3, 7))
-    rows, configs = [], {}
+    rows, configs, mets = [], {}, {}
     for name, (eta, L_min, C) in variants.items():
         for lr in lrs:
             run_id = f"{name}-lr{lr:.4g}"
@@ -262,4 +264,7 @@ def planted_ablation(sweep_dir, *, variants: dict[str, tuple[float, float, float
             rows.append(result_row(run_id, parametrization=name, lr=lr, status=status, d_model=d_model,
                                    val_loss=quadratic_loss(lr, eta, L_min=L_min, C=C)))
             configs[run_id] = _cfg(name, lr, d_model)
-    return write_sweep(sweep_dir, rows, configs=configs)
+            if spike is not None:
+                mets[run_id] = synthetic_metrics(width=d_model, lr=lr, spike_at=100 if name == spike else None,
+                                                 eps_dominance=0.0, wd=0.1)
+    return write_sweep(sweep_dir, rows, configs=configs, metrics=mets)

@@ -23,6 +23,10 @@ with a 95% interval from the two fits' standard errors propagated in log space
     python -m analysis.transfer sweeps/transfer_ablation --analysis modulewise   # modulewise.*
     python -m analysis.transfer SWEEP --out experiments/<study>/ --hardware "..."
 
+A sweep started by `train.py +experiment=transfer_*` records its analysis, axis and variant keys in
+study.json (TransferCallback), and every output folder gets one too, so that a bare
+`python -m analysis.transfer <dir>` redoes the right analysis; flags override it.
+
 Writes transfer.png, transfer.csv, transfer.md, transfer.json, stability.csv (each run's
 training-probe summary) and run_config.csv (the config values used, so the folder can be
 re-analysed without run directories) into --out, default the sweep dir. When the runs logged
@@ -329,13 +333,54 @@ def write_transfer(sweep_dir: str | Path, out: str | Path | None = None, *, axis
     return summary
 
 
-def run_analysis(analysis: str, sweep_dir, out=None, *, axis: str = "d_model", hardware: str = "unknown",
-                 variant_keys: Iterable[str] = (), **kwargs) -> dict:
-    """Dispatch to the analysis a study needs (auto: horizon for axis=tokens, else transfer)."""
+STUDY_FILE = "study.json"
+
+
+def write_study(directory: str | Path, *, analysis: str, axis: str, variant_keys: Iterable[str] = ()) -> Path:
+    """Record which analysis a sweep (or a committed folder) is for, so that `python -m analysis.transfer
+    <dir>` re-runs it without flags. TransferCallback writes it when the sweep starts."""
+    from lrscale.training.io import write_json
+
+    path = Path(directory) / STUDY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"analysis": analysis, "axis": axis, "variant_keys": list(variant_keys)})
+    return path
+
+
+def read_study(directory: str | Path) -> dict:
+    """The recorded study of a directory ({} when it has none)."""
+    path = Path(directory) / STUDY_FILE
+    if not path.is_file():
+        return {}
+    study = json.loads(path.read_text())
+    if not isinstance(study, dict) or not isinstance(study.get("axis", ""), str):
+        raise ValueError(f"{path} is not a study record (expected analysis, axis, variant_keys); delete it "
+                         "and pass --axis / --analysis")
+    return study
+
+
+def resolve_analysis(analysis: str, axis: str) -> str:
+    """The analysis `auto` stands for: horizon when the axis is tokens, transfer otherwise."""
     if analysis not in ANALYSES:
         raise ValueError(f"analysis {analysis!r} is unknown; valid: {', '.join(ANALYSES)}")
     if analysis == "auto":
-        analysis = "horizon" if axis == "tokens" else "transfer"
+        return "horizon" if axis == "tokens" else "transfer"
+    return analysis
+
+
+def run_analysis(analysis: str, sweep_dir, out=None, *, axis: str = "d_model", hardware: str = "unknown",
+                 variant_keys: Iterable[str] = (), **kwargs) -> dict:
+    """Dispatch to the analysis a study needs (auto: horizon for axis=tokens, else transfer), and record
+    the choice in the output folder's study.json."""
+    analysis = resolve_analysis(analysis, axis)
+    variant_keys = list(variant_keys)
+    if not isinstance(sweep_dir, (str, Path)):
+        if analysis != "weight_decay":
+            raise ValueError(f"several sweep directories: only the weight_decay analysis merges them; run the "
+                             f"{analysis} analysis on each")
+        if out is None:
+            raise ValueError("several sweep directories are merged into one study folder: pass out (--out DIR)")
+    write_study(out if out is not None else sweep_dir, analysis=analysis, axis=axis, variant_keys=variant_keys)
     if analysis == "horizon":
         from lrscale.analysis.horizon import write_horizon
         return write_horizon(sweep_dir, out, hardware=hardware, variant_keys=variant_keys, **kwargs)
@@ -355,31 +400,53 @@ def _tokens_arg(value: str) -> str | int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.transfer", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sweep_dir", help="a sweep directory, or a committed experiment folder")
-    p.add_argument("--axis", default="d_model",
-                   help=f"{', '.join(AXES)}, or a dotted config key (e.g. model.moe.d_expert); tokens = horizon")
-    p.add_argument("--variant-keys", nargs="*", default=[],
+    p.add_argument("sweep_dir", nargs="+",
+                   help="a sweep directory, or a committed experiment folder; the weight_decay analysis takes "
+                        "several (one per convention, say) and merges them into --out")
+    p.add_argument("--axis", default=None,
+                   help=f"{', '.join(AXES)}, or a dotted config key (e.g. model.moe.d_expert); tokens = horizon "
+                        f"(default: the one recorded in the directory's {STUDY_FILE}, else d_model)")
+    p.add_argument("--variant-keys", nargs="*", default=None,
                    help="dotted config keys whose values split variants (e.g. optim.weight_decay_mode "
-                        "parametrization.wd_convention)")
-    p.add_argument("--analysis", choices=ANALYSES, default="auto",
-                   help="auto: horizon for --axis tokens, transfer otherwise")
+                        f"parametrization.wd_convention; default: as recorded in {STUDY_FILE})")
+    p.add_argument("--analysis", choices=ANALYSES, default=None,
+                   help=f"auto: horizon for --axis tokens, transfer otherwise (default: as recorded in "
+                        f"{STUDY_FILE}, else auto)")
     p.add_argument("--tokens", type=_tokens_arg, default="last", help="transfer: last (default) or a budget")
     p.add_argument("--base-tokens", type=float, default=None, help="horizon: D0 (default: the smallest budget)")
     p.add_argument("--common-lr", type=float, default=None,
                    help="figure 5/6: the common LR (default: the reference variant's optimum at the base size)")
-    p.add_argument("--no-probes", action="store_true", help="transfer: skip probes.csv and figures 5 and 6")
+    p.add_argument("--no-probes", action="store_true", help="transfer, modulewise: skip probes.csv and figures 5 and 6")
     p.add_argument("--out", default=None, help="output directory (default: the sweep directory)")
     p.add_argument("--hardware", default="unknown", help="where the runs ran, for the caption")
     a = p.parse_args(argv)
+    sources, a.sweep_dir = a.sweep_dir, a.sweep_dir[0]   # the first source's study.json speaks for all
+    try:
+        study = read_study(a.sweep_dir)
+    except ValueError as e:
+        print(f"[transfer] {e}", file=sys.stderr)
+        return 2
+    a.axis = a.axis or study.get("axis") or "d_model"
+    a.analysis = a.analysis or study.get("analysis") or "auto"
+    a.variant_keys = a.variant_keys if a.variant_keys is not None else list(study.get("variant_keys") or [])
+    if study:
+        print(f"[transfer] {a.sweep_dir}/{STUDY_FILE}: {a.analysis} analysis, axis {a.axis}"
+              + (f", variants by {' '.join(a.variant_keys)}" if a.variant_keys else ""), file=sys.stderr)
     analysis = "horizon" if a.analysis == "auto" and a.axis == "tokens" else \
         "transfer" if a.analysis == "auto" else a.analysis
+    if len(sources) > 1 and analysis != "weight_decay":
+        print(f"[transfer] {len(sources)} sources given: only the weight_decay analysis merges several sweeps; "
+              f"run the {analysis} analysis on each", file=sys.stderr)
+        return 2
     kwargs: dict = {}
     if analysis == "transfer":
         kwargs = {"tokens": a.tokens, "probes": not a.no_probes, "common_lr": a.common_lr}
+    elif analysis == "modulewise":
+        kwargs = {"probes": not a.no_probes, "common_lr": a.common_lr}
     elif analysis == "horizon" and a.base_tokens:
         kwargs = {"base_tokens": a.base_tokens}
     try:
-        s = run_analysis(analysis, a.sweep_dir, a.out, axis=a.axis, hardware=a.hardware,
+        s = run_analysis(analysis, sources if len(sources) > 1 else a.sweep_dir, a.out, axis=a.axis, hardware=a.hardware,
                          variant_keys=a.variant_keys, **kwargs)
     except (FileNotFoundError, ValueError) as e:
         print(f"[transfer] {e}", file=sys.stderr)

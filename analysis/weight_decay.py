@@ -30,6 +30,10 @@ When the runs logged `probe/wd_tau_tokens/<role>` (training/probes.py), the meas
 hidden role at the peak LR gives that factor and `tau_role_*` columns report the role's own tau*.
 
     python -m analysis.transfer sweeps/transfer_wd --analysis weight_decay --out DIR
+    python -m analysis.transfer sweeps/transfer_wd sweeps/transfer_wd_mup ... --analysis weight_decay --out DIR
+
+Several sweeps (one per convention, as configs/experiment/transfer_wd*.yaml run them) are analysed
+as one study side by side; DIR then holds their merged results.csv and run_config.csv.
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,7 +51,7 @@ from lrscale.analysis.drift import _t, fit_log_linear
 from lrscale.analysis.fitting import InsufficientDataError
 from lrscale.training.io import jsonable
 from lrscale.analysis.plots import new_figure, save_figure, log_scale
-from lrscale.analysis.run_configs import export_study_tables, load_runs
+from lrscale.analysis.run_configs import export_study_tables, load_runs, merge_study_tables
 from lrscale.analysis.transfer import _ci, _f, add_drift, caption_for, config_keys_used, usable, variant_order
 
 WD_VARIANT_KEYS = ("optim.weight_decay_mode", "parametrization.wd_convention")
@@ -353,16 +357,25 @@ def plot_weight_decay(opt: pd.DataFrame, path, *, caption: str = "") -> Path:
     return save_figure(fig, path)
 
 
-def write_weight_decay(sweep_dir: str | Path, out: str | Path | None = None, *, hardware: str = "unknown",
-                       variant_keys: Iterable[str] | None = None, window: int | None = 5,
-                       tau_role: str = "auto") -> dict:
+def write_weight_decay(sweep_dir: str | Path | Sequence[str | Path], out: str | Path | None = None, *,
+                       hardware: str = "unknown", variant_keys: Iterable[str] | None = None,
+                       window: int | None = 5, tau_role: str = "auto") -> dict:
     """weight_decay.{png,csv,md,json}, weight_decay_summary.csv, and from a sweep directory
-    run_config.csv and wd_tau.csv (measured hidden-role tau) into `out`."""
-    sweep_dir = Path(sweep_dir)
-    out = Path(out) if out else sweep_dir
+    run_config.csv and wd_tau.csv (measured hidden-role tau) into `out`.
+
+    `sweep_dir` may be several sources (one sweep per convention, say): their runs are analysed as
+    one study, side by side, and `out` (required then) gets the merged results.csv, run_config.csv
+    and wd_tau.csv, so that the folder alone can be analysed again."""
+    sources = [Path(s) for s in ([sweep_dir] if isinstance(sweep_dir, (str, Path)) else sweep_dir)]
+    if not sources:
+        raise ValueError("no sweep directory given")
+    if len(sources) > 1 and out is None:
+        raise ValueError("several sweeps are merged into one study folder: pass --out DIR")
+    out = Path(out) if out else sources[0]
     out.mkdir(parents=True, exist_ok=True)
     keys = list(WD_VARIANT_KEYS if variant_keys is None else variant_keys)
-    df = load_weight_decay(sweep_dir, variant_keys=keys, tau_role=tau_role)
+    frames = [load_weight_decay(s, variant_keys=keys, tau_role=tau_role) for s in sources]
+    df = pd.concat(frames, ignore_index=True).drop_duplicates(subset=["run_id", "tokens"], keep="first")
     opt = weight_decay_optima(df, window=window)
     summary = weight_decay_summary(opt)
     caption = caption_for(df, hardware)
@@ -371,12 +384,16 @@ def write_weight_decay(sweep_dir: str | Path, out: str | Path | None = None, *, 
     summary.to_csv(out / "weight_decay_summary.csv", index=False)
     md = markdown(opt, summary)
     (out / "weight_decay.md").write_text(md)
-    if (sweep_dir / "runs").is_dir():
-        export_study_tables(sweep_dir, out, df["run_id"].unique(),
-                            config_keys_used("d_model", [*keys, MODE_KEY, LAMBDA_KEY, TAU_KEY]))
-        tau = measured_tau(sweep_dir, df["run_id"].unique(), tau_role)
-        if len(tau):
-            tau.to_csv(out / TAU_FILE, index=False)
+    table_keys = config_keys_used("d_model", [*keys, MODE_KEY, LAMBDA_KEY, TAU_KEY])
+    if len(sources) > 1:
+        merge_study_tables(sources, out, df["run_id"].unique(), table_keys)
+    elif (sources[0] / "runs").is_dir():
+        export_study_tables(sources[0], out, df["run_id"].unique(), table_keys)
+    tau = pd.concat([measured_tau(s, f["run_id"].unique(), tau_role) for s, f in zip(sources, frames)],
+                    ignore_index=True)
+    if len(tau) and (len(sources) > 1 or (sources[0] / "runs").is_dir()):
+        tau.drop_duplicates(subset=["run_id"]).to_csv(out / TAU_FILE, index=False)
+    sweep_dir = ", ".join(map(str, sources))
     result = jsonable({"sweep_dir": str(sweep_dir), "analysis": "weight_decay", "variant_keys": keys,
                         "window": window, "tau_role": tau_role, "caption": caption,
                         "optima": json.loads(opt.to_json(orient="records")),

@@ -80,3 +80,21 @@ def test_write_modulewise_outputs(tmp_path):
     for f in ("modulewise.png", "modulewise.csv", "modulewise.md", "modulewise.json", "run_config.csv"):
         assert (tmp_path / "o" / f).exists(), f
     assert "| sp_mup_lr |" in out["markdown"] and len(out["optima"]) == 3
+
+
+def test_modulewise_writes_figure_5_at_each_variants_best_lr(tmp_path):
+    """The why behind the losses: probes of each variant's best run, with a spike planted in SP's runs
+    counted there and nowhere else; --no-probes leaves them out."""
+    import pandas as pd
+
+    out = write_modulewise(planted_ablation(tmp_path / "a", spike="sp"), tmp_path / "o", hardware="test")
+    files = out["probe_outputs"]["files"]
+    for name in ("probes.csv", "spikes.csv", "fig5_stability.png", "monitors.png"):
+        assert name in files.values() and (tmp_path / "o" / name).exists(), name
+    spikes = pd.read_csv(tmp_path / "o" / "spikes.csv")
+    best = spikes[spikes["selection"].str.contains("best")].set_index("variant")
+    assert set(best.index) == {"sp", "sp_mup_lr", "mup"}
+    assert best.loc["sp", "loss_spikes"] == 1 and best.loc["sp", "lr"] == pytest.approx(3e-3)  # grid 6e-3 x 2^k: nearest 4e-3
+    assert (best.drop(index="sp")["loss_spikes"] == 0).all()
+    bare = write_modulewise(planted_ablation(tmp_path / "b", spike="sp"), tmp_path / "p", probes=False)
+    assert bare["probe_outputs"] == {} and not (tmp_path / "p" / "probes.csv").exists()

@@ -173,3 +173,39 @@ def test_cli_routes_analyses_and_accepts_dotted_axes(tmp_path, capsys):
     assert "drift 95% CI" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown"):
         run_analysis("nonsense", sweep)
+
+
+def test_a_bare_cli_call_redoes_the_analysis_recorded_in_study_json(tmp_path, capsys):
+    """A sweep's study.json (written by TransferCallback) picks axis and variants; the output folder gets
+    its own copy, so re-analysing a committed folder needs no flags; flags still override."""
+    from lrscale.analysis.transfer import STUDY_FILE, read_study, write_study
+
+    sweep = planted_transfer(tmp_path / "g", axis="model.moe.d_expert", sizes=(16, 32), n_lrs=5)
+    assert read_study(sweep) == {}
+    write_study(sweep, analysis="auto", axis="model.moe.d_expert", variant_keys=[])
+    assert main([str(sweep), "--no-probes", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "| model.moe.d_expert |" in out            # not the d_model default, which has one value here
+    assert read_study(tmp_path / "o") == {"analysis": "transfer", "axis": "model.moe.d_expert", "variant_keys": []}
+    assert main([str(tmp_path / "o"), "--no-probes", "--out", str(tmp_path / "again")]) == 0
+    assert "| model.moe.d_expert |" in capsys.readouterr().out
+    (sweep / STUDY_FILE).write_text("[1, 2]")
+    assert main([str(sweep), "--no-probes"]) == 2
+    assert STUDY_FILE in capsys.readouterr().err
+
+
+def test_transfer_callback_records_the_study_and_analyses_the_sweep_at_its_end(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.lrscale.callbacks import TransferCallback
+    from lrscale.analysis.transfer import read_study
+    from lrscale.training.config import HardwareConfig
+
+    sweep = planted_transfer(tmp_path / "g", axis="model.moe.d_expert", sizes=(16, 32), n_lrs=5)
+    config = OmegaConf.create({"sweep": {"dir": str(sweep)}, "hardware": OmegaConf.structured(HardwareConfig())})
+    cb = TransferCallback(axis="model.moe.d_expert")
+    cb.on_multirun_start(config)
+    assert read_study(sweep)["axis"] == "model.moe.d_expert"
+    cb.on_multirun_end(config)
+    assert "transfer analysis written" in capsys.readouterr().err
+    assert json.loads((sweep / "transfer.json").read_text())["axis"] == "model.moe.d_expert"

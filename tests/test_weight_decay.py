@@ -124,3 +124,32 @@ def test_a_folder_without_decay_values_is_refused(tmp_path):
     write_sweep(tmp_path / "s", [result_row(f"r{i}", parametrization="mup", lr=1e-2, val_loss=4.0) for i in range(3)])
     with pytest.raises(ValueError, match="run_config.csv"):
         load_weight_decay(tmp_path / "s")
+
+
+def test_one_sweep_per_convention_is_merged_into_one_study_folder(tmp_path, capsys):
+    """Each convention swept on its own (as the campaigns do) and analysed together: the same optima
+    as one sweep holding them all, and the merged folder is analysed again without the sweeps."""
+    from lrscale.analysis.transfer import main
+
+    one = {name: planted_wd(tmp_path / name, variants={name: v}, widths=(32, 64), budgets=(40960, 81920),
+                            n_lrs=5, n_decays=6) for name, v in VARIANTS.items()}
+    both = planted_wd(tmp_path / "all", variants=VARIANTS, widths=(32, 64), budgets=(40960, 81920), n_lrs=5,
+                      n_decays=6)
+    merged = write_weight_decay(list(one.values()), tmp_path / "merged")
+    expected = weight_decay_optima(load_weight_decay(both))
+    got = weight_decay_optima(load_weight_decay(tmp_path / "merged"))
+    assert len(got) == len(expected) == 12
+    cols = ["variant", "width", "tokens", "eta_star", "lambda_star", "tau_tokens_star"]
+    assert np.allclose(got[cols[3:]].to_numpy(float), expected[cols[3:]].to_numpy(float), rtol=1e-9)
+    assert list(got["variant"]) == list(expected["variant"])
+    assert len(merged["optima"]) == 12
+    runs = sum(load_weight_decay(s)["run_id"].nunique() for s in one.values())
+    assert load_weight_decay(tmp_path / "merged")["run_id"].nunique() == runs
+    with pytest.raises(ValueError, match="--out"):
+        write_weight_decay(list(one.values()))
+    # the CLI: several sources for the weight_decay analysis only
+    assert main([*map(str, one.values()), "--analysis", "weight_decay", "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "weight_decay.png").is_file()
+    capsys.readouterr()
+    assert main([*map(str, one.values()), "--analysis", "transfer", "--out", str(tmp_path / "x")]) == 2
+    assert "only the weight_decay analysis" in capsys.readouterr().err

@@ -165,16 +165,20 @@ class TransferCallback(Callback):
         self.variant_keys = list(variant_keys or ())
         self.analysis = analysis
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from lrscale.analysis.transfer import write_study
+
+        write_study(config.sweep.dir, analysis=self.analysis, axis=self.axis, variant_keys=self.variant_keys)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from lrscale.analysis.transfer import run_analysis
+        from lrscale.analysis.transfer import resolve_analysis, run_analysis
 
         sweep_dir = Path(config.sweep.dir)
-        keys = " ".join(self.variant_keys)
-        again = (f"python -m analysis.transfer {sweep_dir} --axis {self.axis} --analysis {self.analysis}"
-                 + (f" --variant-keys {keys}" if keys else ""))
+        again = f"python -m analysis.transfer {sweep_dir}"   # study.json (on_multirun_start) holds the flags
         try:
             run_analysis(self.analysis, sweep_dir, axis=self.axis, variant_keys=self.variant_keys,
                          hardware=hardware_line(sweep_dir, config.hardware))
-            print(f"[transfer] {self.analysis} analysis written to {sweep_dir}", file=sys.stderr)
+            name = resolve_analysis(self.analysis, self.axis)
+            print(f"[transfer] {name} analysis written to {sweep_dir}", file=sys.stderr)
         except Exception as e:  # noqa: BLE001 - the sweep's data is safe; re-plot by hand
             print(f"[transfer] analysis failed ({type(e).__name__}: {e}); re-run `{again}`", file=sys.stderr)
