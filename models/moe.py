@@ -178,13 +178,14 @@ EXPERT_KERNELS: dict[str, Kernel] = {k.name: k for k in (
 @dataclass
 class Routing:
     expert_idx: torch.Tensor   # (n, k) chosen experts per token
-    weights: torch.Tensor      # (n, k) gate weights, fp32, sum to 1 per token
+    weights: torch.Tensor      # (n, k) gate weights, fp32: sum to 1 per token for k > 1, the softmax prob for k = 1
     probs: torch.Tensor        # (n, E) softmax router probabilities, fp32
     logits: torch.Tensor       # (n, E) router logits, fp32
 
 
 class Router(nn.Module):
-    """Softmax top-k router in fp32.
+    """Softmax top-k router in fp32. Gates: the chosen probabilities renormalised to sum 1 for
+    top_k > 1 (Mixtral), the softmax probability itself for top_k = 1 (Switch, arXiv 2101.03961).
 
     Balance by a Switch-style auxiliary loss (Fedus et al., arXiv 2101.03961) or by the
     auxiliary-loss-free bias of DeepSeek-V3 (arXiv 2412.19437): a per-expert bias that
@@ -209,7 +210,11 @@ class Router(nn.Module):
         scores = probs + self.bias if self.aux_free else probs
         _, idx = scores.topk(self.top_k, dim=-1)
         w = probs.gather(-1, idx)
-        return Routing(idx, w / w.sum(-1, keepdim=True), probs, logits)
+        if self.top_k > 1:  # Mixtral: the chosen gates renormalised to sum 1
+            w = w / w.sum(-1, keepdim=True)
+        # top-1 keeps its softmax probability (Switch Transformer): renormalised it would be 1 for
+        # every token, and the router would learn from the load-balance loss alone
+        return Routing(idx, w, probs, logits)
 
 
 class MoE(nn.Module):

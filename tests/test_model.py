@@ -142,7 +142,7 @@ def test_moe_matches_per_token_dense_reference(shared):
 # ---- router invariants --------------------------------------------------------------------
 
 @pytest.mark.parametrize("top_k", [1, 2, 3])
-def test_router_topk_distinct_gates_sum_to_one_and_tokens_routed_k_times(top_k):
+def test_router_topk_distinct_gates_and_tokens_routed_k_times(top_k):
     moe = _moe(num_experts=6, top_k=top_k)
     x = torch.randn(3, 16, 32, generator=torch.Generator().manual_seed(1))
     flat = x.reshape(-1, 32)
@@ -151,18 +151,35 @@ def test_router_topk_distinct_gates_sum_to_one_and_tokens_routed_k_times(top_k):
     assert r.expert_idx.shape == (n, top_k)
     for row in r.expert_idx.tolist():
         assert len(set(row)) == top_k
-    torch.testing.assert_close(r.weights.sum(-1), torch.ones(n))
     assert (r.weights > 0).all()
     # The chosen experts are the top_k of the fp32 softmax (no balancing bias in aux_loss mode).
     probs = (flat.double() @ moe.router.weight.double().T).softmax(-1)
     chosen = probs.gather(-1, r.expert_idx)
     others = probs.masked_fill(torch.zeros_like(probs, dtype=torch.bool).scatter(-1, r.expert_idx, True), -1)
     assert (chosen.min(-1).values >= others.max(-1).values).all()
-    torch.testing.assert_close(r.weights.double(), chosen / chosen.sum(-1, keepdim=True))
+    # Gates: renormalised over the chosen experts (Mixtral) for k > 1; the probability itself for k = 1
+    # (Switch), since renormalised it would be 1 for every token.
+    expected = chosen / chosen.sum(-1, keepdim=True) if top_k > 1 else chosen
+    torch.testing.assert_close(r.weights.double(), expected)
+    if top_k > 1:
+        torch.testing.assert_close(r.weights.sum(-1), torch.ones(n))
     _, _, stats = moe(x)
     counts = stats["tokens_per_expert"]
     assert counts.sum().item() == n * top_k
     assert torch.equal(counts, torch.bincount(r.expert_idx.reshape(-1), minlength=6))
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_the_router_learns_from_the_loss_at_every_top_k(top_k):
+    """With the balance and z losses off, the router's gradient comes from the output alone; it must
+    not vanish at top-1 (a renormalised single gate would be 1, constant in the router weights)."""
+    moe = _moe(num_experts=4, top_k=top_k, aux_loss_coef=0.0, z_loss_coef=0.0)
+    x = torch.randn(2, 8, 32, generator=torch.Generator().manual_seed(5))
+    y, aux, _ = moe(x)
+    target = torch.randn(y.shape, generator=torch.Generator().manual_seed(6))
+    ((y * target).sum() + aux).backward()
+    scale = moe.w_in.grad.abs().max()
+    assert moe.router.weight.grad is not None and moe.router.weight.grad.abs().max() > 1e-3 * scale
 
 
 def test_router_in_fp32_for_bf16_input():
@@ -244,7 +261,7 @@ def test_aux_free_bias_moves_toward_balance():
     assert _imbalance(moe, x) < 1.5
     # The bias only decides *which* experts: gates are still the unbiased softmax probs.
     r = moe.router(x.view(-1, 32))
-    torch.testing.assert_close(r.weights, torch.ones_like(r.weights))
+    torch.testing.assert_close(r.weights, r.probs.gather(-1, r.expert_idx))
 
 
 def test_aux_free_bias_unchanged_by_eval_forwards():
