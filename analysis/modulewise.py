@@ -60,10 +60,13 @@ def modulewise_optima(df: pd.DataFrame, *, window: int | None = EQ2_WINDOW) -> p
     for (variant, size), g in df.groupby(["variant", "size"]):
         ok = usable(g)
         row = {"variant": variant, "size": size, "n_lrs": int(g["lr"].nunique()),
-               "n_diverged": int((g["status"] == "diverged").sum()), "best_lr": math.nan, "best_loss": math.nan}
-        if len(ok):
-            best = ok.loc[ok["val_loss"].idxmin()]
-            row.update(best_lr=float(best["lr"]), best_loss=float(best["val_loss"]))
+               "n_diverged": int((g["status"] == "diverged").sum()), "best_lr": math.nan, "best_loss": math.nan,
+               "best_loss_sd": math.nan, "n_seeds_at_best": 0}
+        if len(ok):  # the LR whose mean over seeds is lowest: a lucky seed does not pick it
+            per_lr = ok.groupby("lr")["val_loss"].agg(["mean", "std", "count"])
+            lr = per_lr["mean"].idxmin()
+            row.update(best_lr=float(lr), best_loss=float(per_lr.at[lr, "mean"]),
+                       best_loss_sd=float(per_lr.at[lr, "std"]), n_seeds_at_best=int(per_lr.at[lr, "count"]))
         fit = eq2_fit(g, window=window) if len(ok) else None
         row.update(fit_columns(fit))
         bracketed = fit is not None and fit.convex and not fit.edge
@@ -80,21 +83,29 @@ def modulewise_optima(df: pd.DataFrame, *, window: int | None = EQ2_WINDOW) -> p
     for col in ("best_loss", "eq2_loss_min"):
         sp = out[out["variant"] == "sp"].set_index("size")[col]
         out[f"{col}_minus_sp"] = out[col] - out["size"].map(sp).astype(float)
-    return out
+    # standard error of the gap, from the seeds at both optima (nan with one seed on either side)
+    out["best_loss_var_mean"] = out["best_loss_sd"] ** 2 / out["n_seeds_at_best"].where(out["n_seeds_at_best"] > 0)
+    sp_var = out[out["variant"] == "sp"].set_index("size")["best_loss_var_mean"]
+    out["best_loss_minus_sp_se"] = np.sqrt(out["best_loss_var_mean"] + out["size"].map(sp_var).astype(float))
+    out.loc[out["variant"] == "sp", "best_loss_minus_sp_se"] = math.nan
+    return out.drop(columns="best_loss_var_mean")
 
 
 def markdown(opt: pd.DataFrame) -> str:
-    lines = ["| variant | size | best LR (grid) | best loss | η* (Eq. 2) [95% CI] | L_min (Eq. 2) | C | "
-             "ΔL ×2 (Eq. 2: C·ln²2) | ΔL ×2 (interp.) | ΔL ×½ (interp.) | best loss − SP | diverged |",
+    lines = ["| variant | size | best LR (grid) | best loss (mean ± sd over seeds) | η* (Eq. 2) [95% CI] | "
+             "L_min (Eq. 2) | C | ΔL ×2 (Eq. 2: C·ln²2) | ΔL ×2 (interp.) | ΔL ×½ (interp.) | best loss − SP (± se) | "
+             "diverged |",
              "|" + "---|" * 12]
     for r in opt.to_dict("records"):
         edge = f" ({r['eq2_edge']} edge)" if r["eq2_edge"] else ""
-        lines.append(f"| {r['variant']} | {r['size']} | {_f(r['best_lr'], '.3g')} | {_f(r['best_loss'], '.4f')} | "
+        sd = f" ± {r['best_loss_sd']:.4f} ({r['n_seeds_at_best']} seeds)" if r["n_seeds_at_best"] > 1 else ""
+        se = f" ± {r['best_loss_minus_sp_se']:.4f}" if np.isfinite(r["best_loss_minus_sp_se"]) else ""
+        lines.append(f"| {r['variant']} | {r['size']} | {_f(r['best_lr'], '.3g')} | {_f(r['best_loss'], '.4f')}{sd} | "
                      f"{_f(r['eta_star'], '.3g')}{edge} {_ci(r['eta_ci_lo'], r['eta_ci_hi'], '.3g')} | "
                      f"{_f(r['eq2_loss_min'], '.4f')} | {_f(r['eq2_C'], '.4f')} | {_f(r['dloss_x2_eq2'], '.4f')} | "
                      f"{_f(r['dloss_x2'], '.4f') if r['dloss_x2'] != math.inf else 'diverged'} | "
                      f"{_f(r['dloss_half'], '.4f') if r['dloss_half'] != math.inf else 'diverged'} | "
-                     f"{_f(r['best_loss_minus_sp'], '+.4f')} | {r['n_diverged']} |")
+                     f"{_f(r['best_loss_minus_sp'], '+.4f')}{se} | {r['n_diverged']} |")
     return "\n".join(lines) + "\n"
 
 

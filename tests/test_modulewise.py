@@ -98,3 +98,31 @@ def test_modulewise_writes_figure_5_at_each_variants_best_lr(tmp_path):
     assert (best.drop(index="sp")["loss_spikes"] == 0).all()
     bare = write_modulewise(planted_ablation(tmp_path / "b", spike="sp"), tmp_path / "p", probes=False)
     assert bare["probe_outputs"] == {} and not (tmp_path / "p" / "probes.csv").exists()
+
+
+def test_best_lr_is_the_lowest_mean_over_seeds_and_the_gap_carries_its_standard_error(tmp_path):
+    """Seeds at the optima: a lucky seed at a neighbouring LR must not pick it (the mean does), and
+    the gap to SP gets se = sqrt(sd_a^2/n_a + sd_sp^2/n_sp), computed here by hand."""
+    df = load_transfer(planted_ablation(tmp_path / "a"))
+    extra = []
+
+    def seeds(variant, lr, losses):
+        base = df[(df["variant"] == variant) & np.isclose(df["lr"], lr)].iloc[0]
+        for i, loss in enumerate(losses):
+            extra.append({**base.to_dict(), "run_id": f"{base['run_id']}-s{i + 1}", "val_loss": loss})
+        return float(base["val_loss"])
+
+    l_mup = seeds("mup", 1.2e-2, [])                 # mup's grid optimum, loss quadratic_loss(1.2e-2, ...)
+    seeds("mup", 1.2e-2, [l_mup + 0.005, l_mup - 0.005])     # mean l_mup, sd 0.005
+    l_nb = seeds("mup", 6e-3, [])
+    seeds("mup", 6e-3, [2 * l_mup + 0.01 - l_nb])    # lucky: below l_mup alone; mean of the two l_mup + 0.005
+    assert min(r["val_loss"] for r in extra) < l_mup - 0.005     # the lowest single run is the lucky one
+    l_sp = seeds("sp", 3e-3, [])
+    seeds("sp", 3e-3, [l_sp + 0.01, l_sp - 0.01])            # mean l_sp, sd 0.01
+    opt = modulewise_optima(pd.concat([df, pd.DataFrame(extra)], ignore_index=True)).set_index("variant")
+    assert opt.at["mup", "best_lr"] == pytest.approx(1.2e-2)
+    assert opt.at["mup", "best_loss"] == pytest.approx(l_mup) and opt.at["mup", "n_seeds_at_best"] == 3
+    assert opt.at["mup", "best_loss_sd"] == pytest.approx(0.005)
+    assert opt.at["mup", "best_loss_minus_sp"] == pytest.approx(l_mup - l_sp)
+    assert opt.at["mup", "best_loss_minus_sp_se"] == pytest.approx(math.sqrt(0.005 ** 2 / 3 + 0.01 ** 2 / 3))
+    assert math.isnan(opt.at["sp_mup_lr", "best_loss_minus_sp_se"])   # one seed there: no se
