@@ -30,7 +30,7 @@ from lrscale.training.io import jsonable
 from lrscale.analysis.plots import new_figure, save_figure, log_scale
 from lrscale.analysis.run_configs import export_study_tables
 from lrscale.analysis.transfer import (EQ2_WINDOW, _ci, _f, caption_for, config_keys_used, eq2_fit, fit_columns,
-                                       load_transfer, loss_ylim, usable, variant_order)
+                                       load_transfer, loss_per_lr, loss_ylim, usable, variant_order)
 
 LN2_SQ = math.log(2) ** 2
 
@@ -63,7 +63,7 @@ def modulewise_optima(df: pd.DataFrame, *, window: int | None = EQ2_WINDOW) -> p
                "n_diverged": int((g["status"] == "diverged").sum()), "best_lr": math.nan, "best_loss": math.nan,
                "best_loss_sd": math.nan, "n_seeds_at_best": 0}
         if len(ok):  # the LR whose mean over seeds is lowest: a lucky seed does not pick it
-            per_lr = ok.groupby("lr")["val_loss"].agg(["mean", "std", "count"])
+            per_lr = loss_per_lr(ok)
             lr = per_lr["mean"].idxmin()
             row.update(best_lr=float(lr), best_loss=float(per_lr.at[lr, "mean"]),
                        best_loss_sd=float(per_lr.at[lr, "std"]), n_seeds_at_best=int(per_lr.at[lr, "count"]))

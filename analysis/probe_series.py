@@ -47,12 +47,13 @@ def reference_variant(variants: Iterable[str]) -> str:
 
 def select_runs(df: pd.DataFrame, *, common_lr: float | None = None, reference: str | None = None,
                 tolerance_log2: float = 0.5) -> pd.DataFrame:
-    """The runs figures 5 and 6 show: per (variant, size) the best-LR run and the run at the common
+    """The runs figures 5 and 6 show: per (variant, size) the best-LR run (the LR of the lowest mean
+    loss over seeds, its lowest seed) and the run at the common
     LR (nearest grid LR within `tolerance_log2` octaves; none if the grid has no such LR).
 
     df: one row per run (analysis.transfer.load_transfer). Returns run_id, variant, size, lr,
     selection, batch_tokens; `.attrs["common_lr"]` and `.attrs["reference"]` say what was used."""
-    from lrscale.analysis.transfer import usable
+    from lrscale.analysis.transfer import loss_per_lr, usable
     ok = usable(df)
     if ok.empty:
         raise ValueError("no run finished with a finite loss: nothing to select for figures 5 and 6")
@@ -60,12 +61,12 @@ def select_runs(df: pd.DataFrame, *, common_lr: float | None = None, reference: 
     if common_lr is None:
         ref = ok[ok["variant"] == reference]
         ref = ref[ref["size"] == ref["size"].min()]
-        common_lr = float(ref.loc[ref["val_loss"].idxmin(), "lr"])
+        common_lr = float(loss_per_lr(ref)["mean"].idxmin())
     picks: dict[str, set] = {}
     for (variant, size), g in df.groupby(["variant", "size"]):
-        good = usable(g)
-        if len(good):
-            picks.setdefault(good.loc[good["val_loss"].idxmin(), "run_id"], set()).add("best")
+        per_lr = loss_per_lr(g)
+        if len(per_lr):  # the lowest mean over seeds; its lowest-seed run
+            picks.setdefault(per_lr.at[per_lr["mean"].idxmin(), "run_id"], set()).add("best")
         dist = np.abs(np.log2(g["lr"].astype(float) / common_lr))
         if len(g) and dist.min() <= tolerance_log2:
             picks.setdefault(g.loc[dist.idxmin(), "run_id"], set()).add("common")

@@ -76,6 +76,19 @@ def usable(g: pd.DataFrame) -> pd.DataFrame:
     return g[(g["status"] == "ok") & np.isfinite(g["val_loss"].astype(float))]
 
 
+def loss_per_lr(g: pd.DataFrame) -> pd.DataFrame:
+    """Per LR of a group's usable runs: mean, std and count of the final loss over seeds, and
+    `run_id`, the run of the lowest seed there; rows sorted by LR. The best LR is the row of the
+    lowest mean (`.idxmin()` of "mean"), so one lucky seed does not pick it."""
+    ok = usable(g)
+    if "seed" in ok:
+        ok = ok.sort_values("seed", kind="stable")
+    cols = {"mean": ("val_loss", "mean"), "std": ("val_loss", "std"), "count": ("val_loss", "count")}
+    if "run_id" in ok:
+        cols["run_id"] = ("run_id", "first")
+    return ok.groupby("lr").agg(**cols)
+
+
 def eq2_fit(g: pd.DataFrame, lr_col: str = "lr", window: int | None = EQ2_WINDOW) -> LrFit | None:
     """Eq. 2 on a group's usable rows, quietly (edges and non-convexity are flagged on the fit);
     None when fewer than 3 LRs finished."""

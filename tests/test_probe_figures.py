@@ -135,3 +135,17 @@ def test_write_transfer_writes_the_probe_outputs(sweep, tmp_path):
     assert (eps["verdict"] == "moot").all()
     assert write_probe_figures(planted_transfer(tmp_path / "bare", sizes=(32, 64), n_lrs=3),
                                load_transfer(tmp_path / "bare"), tmp_path / "o2") == {}
+
+
+def test_the_best_run_is_at_the_lowest_mean_over_seeds(sweep):
+    """A lucky seed at a neighbouring LR does not become figure 5's best run."""
+    df = load_transfer(sweep)
+    g = df[(df["variant"] == "sp") & (df["size"] == 64)]
+    best = g.loc[g["val_loss"].idxmin()]
+    other = g[g["lr"] > best["lr"]].sort_values("lr").iloc[0]
+    lucky = {**other.to_dict(), "run_id": other["run_id"] + "-s1", "seed": 1,
+             "val_loss": 2 * best["val_loss"] + 0.001 - other["val_loss"]}   # mean = best + 0.0005
+    assert lucky["val_loss"] < best["val_loss"]
+    runs = select_runs(pd.concat([df, pd.DataFrame([lucky])], ignore_index=True))
+    picked = runs[(runs["variant"] == "sp") & (runs["size"] == 64) & runs["selection"].str.contains("best")]
+    assert list(picked["run_id"]) == [best["run_id"]]
