@@ -161,7 +161,7 @@ def write_probe_figures(sweep_dir: str | Path, df: pd.DataFrame, out: str | Path
     table = extract_probes(sweep_dir, runs)
     if not table["metric"].str.startswith("probe/").any():
         return {}
-    write_probes(table, out)
+    table = read_probes(write_probes(table, out))  # from the rounded table, so the folder reproduces exactly
     caption = (f"runs at each variant's best LR and at the common LR {runs.attrs['common_lr']:.3g} "
                f"({runs.attrs['reference']} optimum at the base size) | hardware: {hardware}")
     written = {"probes": PROBES_FILE, **write_probe_outputs(table, out, axis=axis, caption=caption)}
