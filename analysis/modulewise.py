@@ -110,9 +110,9 @@ def markdown(opt: pd.DataFrame) -> str:
 
 
 def plot_modulewise(df: pd.DataFrame, opt: pd.DataFrame, path, *, caption: str = "") -> Path:
-    """Left: loss vs LR per variant with its Eq. 2 fit (dashed) and optimum (*). Right: the loss
-    increase over each variant's own optimum against LR / eta_ref: the sharper curve is the one
-    that punishes a mis-set LR more."""
+    """Left: loss vs LR per variant (every run a dot, the line through the means over seeds) with
+    its Eq. 2 fit (dashed) and optimum (*). Right: the mean loss increase over each variant's own
+    optimum against LR / eta_ref: the sharper curve is the one that punishes a mis-set LR more."""
     from matplotlib import cm
     variants = variant_order(df["variant"])
     colors = dict(zip(variants, cm.tab10(np.arange(len(variants)) % 10)))
@@ -123,7 +123,9 @@ def plot_modulewise(df: pd.DataFrame, opt: pd.DataFrame, path, *, caption: str =
         ok = usable(g)
         o = opt[opt["variant"] == variant].iloc[0]
         c = colors[variant]
-        ax.plot(ok["lr"], ok["val_loss"], "o-", color=c, ms=4, lw=1.2, label=variant)
+        per_lr = loss_per_lr(g)   # the line joins the means over seeds; every seed is a dot
+        ax.plot(per_lr.index, per_lr["mean"], "-", color=c, lw=1.2, label=variant)
+        ax.plot(ok["lr"], ok["val_loss"], "o", color=c, ms=4)
         bad = g[g["status"] != "ok"]
         if len(bad):
             ax.plot(bad["lr"], np.full(len(bad), 0.97), "x", color=c, ms=7, transform=ax.get_xaxis_transform())
@@ -134,14 +136,14 @@ def plot_modulewise(df: pd.DataFrame, opt: pd.DataFrame, path, *, caption: str =
         if np.isfinite(o["best_lr"]):
             ax.plot(o["best_lr"], o["best_loss"], "*", ms=13, color=c, mec="k", mew=0.6)
         if np.isfinite(o["eta_ref"]) and np.isfinite(o["loss_at_ref"]):
-            rel = ok["lr"] / o["eta_ref"]
-            ax2.plot(rel, ok["val_loss"] - o["loss_at_ref"], "o-", color=c, ms=4, lw=1.2,
+            ax2.plot(per_lr.index / o["eta_ref"], per_lr["mean"] - o["loss_at_ref"], "o-", color=c, ms=4, lw=1.2,
                      label=f"{variant}: C = {o['eq2_C']:.3g}, ΔL×2 = {o['dloss_x2']:.3g}")
     ax.set_ylim(*loss_ylim(df))
     log_scale(ax, "x", base=2)
     ax.set_xlabel("peak LR η (base LR)")
     ax.set_ylabel("final validation loss")
-    ax.set_title("loss vs LR (dashed: Eq. 2; ★ grid optimum; × diverged)", fontsize=9)
+    ax.set_title("loss vs LR (dots: runs; line: mean over seeds; dashed: Eq. 2; ★ best mean; × diverged)",
+                 fontsize=8)
     ax.legend(fontsize=8)
     for x in (0.5, 2.0):
         ax2.axvline(x, color="0.6", ls=":", lw=1)
