@@ -314,18 +314,20 @@ def plot_all(sf: SweepFit, out_dir, *, hardware: str = "unknown") -> dict[str, P
 
 
 def log_scale(ax, axis: str = "x", **kw) -> bool:
-    """Put `axis` ("x" or "y") on a log scale when something drawn there has a positive finite
-    value along it; else leave it linear (a log axis with no positive data cannot be drawn: a
-    sweep whose fits all failed must still give its figure). Returns whether it is log."""
+    """Put `axis` ("x" or "y") on a log scale when a drawn point (both coordinates finite) has a
+    positive value along it; else leave it linear (a log axis with no positive data cannot be
+    drawn: a sweep whose fits all failed must still give its figure). Returns whether it is log."""
+    col = 0 if axis == "x" else 1
+    # Only points in data coordinates (not an axhline's axes-fraction x) that matplotlib draws and
+    # autoscales to: both coordinates finite.
     values = []
-    for line in ax.get_lines():
-        values.append(np.asarray(line.get_xdata() if axis == "x" else line.get_ydata(), dtype=float).ravel())
-    for coll in ax.collections:
-        offsets = np.asarray(coll.get_offsets(), dtype=float)
-        if offsets.size:
-            values.append(offsets[:, 0 if axis == "x" else 1])
+    for xy in [np.asarray(line.get_xydata(), dtype=float).reshape(-1, 2) for line in ax.get_lines()
+               if line.get_transform() == ax.transData] + \
+              [np.asarray(coll.get_offsets(), dtype=float).reshape(-1, 2) for coll in ax.collections
+               if coll.get_offset_transform() == ax.transData]:
+        values.append(xy[np.isfinite(xy).all(axis=1), col])
     data = np.concatenate(values) if values else np.array([])
-    if not np.any(np.isfinite(data) & (data > 0)):
+    if not np.any(data > 0):
         return False
     (ax.set_xscale if axis == "x" else ax.set_yscale)("log", **kw)
     return True

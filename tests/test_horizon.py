@@ -63,3 +63,24 @@ def test_cli_axis_tokens_writes_the_horizon_outputs(tmp_path, capsys):
     summary = json.loads((tmp_path / "o" / "horizon.json").read_text())
     assert summary["beta"]["mup"]["beta"] == pytest.approx(0.35, abs=1e-6)
     assert np.isfinite(summary["optima"][0]["eta_star"])
+
+
+def test_log_scale_counts_only_points_drawn_in_data_coordinates():
+    """A log axis needs a drawn positive value: points with a NaN coordinate are not drawn, and an
+    axhline's x is a fraction of the axes, not data (both once made a failed fit's figure crash)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lrscale.analysis.plots import log_scale
+    fig, ax = plt.subplots()
+    ax.errorbar([64.0, 128.0], [float("nan")] * 2, yerr=[0.0, 0.0], fmt="o")   # fits failed: nothing drawn
+    ax.axhline(0.0)
+    assert not log_scale(ax, "x") and ax.get_xscale() == "linear"
+    fig.canvas.draw()                                                         # and the figure renders
+    ax.plot([64.0, 128.0], [1.0, 2.0])
+    assert log_scale(ax, "x") and ax.get_xscale() == "log"
+    fig2, ax2 = plt.subplots()
+    ax2.scatter([1e-3, 2e-3], [4.0, 5.0])
+    assert log_scale(ax2, "x") and log_scale(ax2, "y")
+    plt.close("all")
