@@ -128,21 +128,24 @@ def merge_study_tables(sources: Iterable[str | Path], out: str | Path, run_ids: 
     """Several sweeps (or committed folders) analysed as one study: the rows of `run_ids` from every
     source's results table into `out`/results.csv, and their config values into `out`/run_config.csv,
     so that `out` alone answers `load_runs` afterwards. A run found in two sources is kept once."""
-    from lrscale.analysis.results import RESULTS_CSV, _read_csv, _results_path
-    from lrscale.training.io import read_jsonl, write_text
+    from lrscale.analysis.results import RESULTS_CSV
+    from lrscale.training.io import write_text
 
     out, wanted = Path(out), set(run_ids)
     results, configs, seen = [], [], set()
     for source in sources:
-        path = _results_path(source)
-        rows = _read_csv(path) if path.suffix == ".csv" else read_jsonl(path)
-        rows = [r for r in rows if r.get("run_id") in wanted - seen]
-        ids = list(dict.fromkeys(r["run_id"] for r in rows))
-        results += rows
+        rows = load_results(source)
+        rows = rows[rows["run_id"].isin(wanted - seen)]
+        ids = list(dict.fromkeys(rows["run_id"]))
+        results.append(rows)
         configs.append(read_run_configs(source, ids, keys))
         seen.update(ids)
+    table = pd.concat(results, ignore_index=True)
+    data = sorted(set(table["data_fingerprint"].dropna()))
+    if len(data) > 1:
+        raise ValueError(f"the sweeps were trained on different data (fingerprints {data}): fits across them are "
+                         "not comparable; merge only sweeps of one corpus")
     out.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame.from_records(results).drop_duplicates(subset=["run_id", "branch"], keep="last")
     write_text(out / RESULTS_CSV, table.to_csv(index=False))
     write_text(out / RUN_CONFIG_FILE, pd.concat(configs, ignore_index=True).to_csv(index=False))
     return [RESULTS_CSV, RUN_CONFIG_FILE]

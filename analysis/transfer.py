@@ -383,27 +383,26 @@ def resolve_analysis(analysis: str, axis: str) -> str:
 
 def run_analysis(analysis: str, sweep_dir, out=None, *, axis: str = "d_model", hardware: str = "unknown",
                  variant_keys: Iterable[str] = (), **kwargs) -> dict:
-    """Dispatch to the analysis a study needs (auto: horizon for axis=tokens, else transfer), and record
-    the choice in the output folder's study.json."""
+    """Dispatch to the analysis a study needs (auto: horizon for axis=tokens, else transfer), then record
+    it in the output folder's study.json."""
     analysis = resolve_analysis(analysis, axis)
     variant_keys = list(variant_keys)
-    if not isinstance(sweep_dir, (str, Path)):
-        if analysis != "weight_decay":
-            raise ValueError(f"several sweep directories: only the weight_decay analysis merges them; run the "
-                             f"{analysis} analysis on each")
-        if out is None:
-            raise ValueError("several sweep directories are merged into one study folder: pass out (--out DIR)")
-    write_study(out if out is not None else sweep_dir, analysis=analysis, axis=axis, variant_keys=variant_keys)
+    if not isinstance(sweep_dir, (str, Path)) and analysis != "weight_decay":
+        raise ValueError(f"several sweep directories: only the weight_decay analysis merges them; run the "
+                         f"{analysis} analysis on each")
     if analysis == "horizon":
         from lrscale.analysis.horizon import write_horizon
-        return write_horizon(sweep_dir, out, hardware=hardware, variant_keys=variant_keys, **kwargs)
-    if analysis == "weight_decay":
+        result = write_horizon(sweep_dir, out, hardware=hardware, variant_keys=variant_keys, **kwargs)
+    elif analysis == "weight_decay":
         from lrscale.analysis.weight_decay import write_weight_decay
-        return write_weight_decay(sweep_dir, out, hardware=hardware, variant_keys=variant_keys or None, **kwargs)
-    if analysis == "modulewise":
+        result = write_weight_decay(sweep_dir, out, hardware=hardware, variant_keys=variant_keys or None, **kwargs)
+    elif analysis == "modulewise":
         from lrscale.analysis.modulewise import write_modulewise
-        return write_modulewise(sweep_dir, out, hardware=hardware, variant_keys=variant_keys, **kwargs)
-    return write_transfer(sweep_dir, out, axis=axis, hardware=hardware, variant_keys=variant_keys, **kwargs)
+        result = write_modulewise(sweep_dir, out, hardware=hardware, variant_keys=variant_keys, **kwargs)
+    else:
+        result = write_transfer(sweep_dir, out, axis=axis, hardware=hardware, variant_keys=variant_keys, **kwargs)
+    write_study(out if out is not None else sweep_dir, analysis=analysis, axis=axis, variant_keys=variant_keys)
+    return result
 
 
 def _tokens_arg(value: str) -> str | int:
@@ -445,12 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     if study:
         print(f"[transfer] {a.sweep_dir}/{STUDY_FILE}: {a.analysis} analysis, axis {a.axis}"
               + (f", variants by {' '.join(a.variant_keys)}" if a.variant_keys else ""), file=sys.stderr)
-    analysis = "horizon" if a.analysis == "auto" and a.axis == "tokens" else \
-        "transfer" if a.analysis == "auto" else a.analysis
-    if len(sources) > 1 and analysis != "weight_decay":
-        print(f"[transfer] {len(sources)} sources given: only the weight_decay analysis merges several sweeps; "
-              f"run the {analysis} analysis on each", file=sys.stderr)
-        return 2
+    analysis = resolve_analysis(a.analysis, a.axis)
     kwargs: dict = {}
     if analysis == "transfer":
         kwargs = {"tokens": a.tokens, "probes": not a.no_probes, "common_lr": a.common_lr}
@@ -459,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     elif analysis == "horizon" and a.base_tokens:
         kwargs = {"base_tokens": a.base_tokens}
     try:
-        s = run_analysis(analysis, sources if len(sources) > 1 else a.sweep_dir, a.out, axis=a.axis, hardware=a.hardware,
-                         variant_keys=a.variant_keys, **kwargs)
+        s = run_analysis(analysis, sources if len(sources) > 1 else a.sweep_dir, a.out, axis=a.axis,
+                         hardware=a.hardware, variant_keys=a.variant_keys, **kwargs)
     except (FileNotFoundError, ValueError) as e:
         print(f"[transfer] {e}", file=sys.stderr)
         return 2

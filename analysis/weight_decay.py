@@ -393,8 +393,7 @@ def write_weight_decay(sweep_dir: str | Path | Sequence[str | Path], out: str | 
                     ignore_index=True)
     if len(tau) and (len(sources) > 1 or (sources[0] / "runs").is_dir()):
         tau.drop_duplicates(subset=["run_id"]).to_csv(out / TAU_FILE, index=False)
-    sweep_dir = ", ".join(map(str, sources))
-    result = jsonable({"sweep_dir": str(sweep_dir), "analysis": "weight_decay", "variant_keys": keys,
+    result = jsonable({"sweep_dir": ", ".join(map(str, sources)), "analysis": "weight_decay", "variant_keys": keys,
                         "window": window, "tau_role": tau_role, "caption": caption,
                         "optima": json.loads(opt.to_json(orient="records")),
                         "summary": json.loads(summary.to_json(orient="records")), "markdown": md})

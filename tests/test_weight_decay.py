@@ -153,3 +153,13 @@ def test_one_sweep_per_convention_is_merged_into_one_study_folder(tmp_path, caps
     capsys.readouterr()
     assert main([*map(str, one.values()), "--analysis", "transfer", "--out", str(tmp_path / "x")]) == 2
     assert "only the weight_decay analysis" in capsys.readouterr().err
+
+
+def test_sweeps_of_different_corpora_are_not_merged(tmp_path):
+    one = planted_wd(tmp_path / "a", variants={"coupled": VARIANTS["coupled"]}, widths=(32,), budgets=(40960,))
+    two = planted_wd(tmp_path / "b", variants={"independent": VARIANTS["independent"]}, widths=(32,),
+                     budgets=(40960,))
+    path = two / "results.jsonl"
+    path.write_text(path.read_text().replace('"data_fingerprint": "synthetic"', '"data_fingerprint": "other"'))
+    with pytest.raises(ValueError, match="different data"):
+        write_weight_decay([one, two], tmp_path / "merged")
